@@ -7,5 +7,11 @@
 //! message [`protocol`] codec, and the relay [`transport`]; [`exit`] is the
 //! other end, and [`relay`] an embedded relay for local use and tests.
 
+pub mod driver;
+pub mod engine;
 pub mod entry;
+pub mod exit;
 pub mod names;
+pub mod protocol;
+pub mod relay;
+pub mod transport;

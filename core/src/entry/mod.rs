@@ -1,4 +1,602 @@
-//! The entry node: a local proxy that turns TCP connections into NWS streams.
+//! The entry node: a local proxy (SOCKS5 and HTTP) that turns each client
+//! TCP connection into an NWS stream to the exit its host names.
+//!
+//! [`Entry`] opens streams (routing a `.nostr`, `npub1…` or `nprofile1…`
+//! host to that exit, never asking the system resolver); [`EntryProxy`]
+//! listens on loopback and serves SOCKS5 ([`socks5`]) and HTTP proxy
+//! ([`http`]) clients with it.
 
 pub mod http;
 pub mod socks5;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr::{Keys, PublicKey, RelayUrl, SubscriptionId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{pump, End, Inbox, Link, Stats};
+use crate::engine::{Dialect, Output, Stream, StreamConfig};
+use crate::names::{encode_nostr_domain, parse_host, NameError};
+use crate::protocol::{build_stream_event, Cipher, ErrorReason};
+use crate::transport::{entry_stream_filter, Transport, TransportError};
+
+pub use socks5::Credentials;
+
+/// Configuration of an entry node.
+#[derive(Debug, Clone)]
+pub struct EntryConfig {
+    /// Relays used for names that carry none (an `npub1…` host, say).
+    pub relays: Vec<RelayUrl>,
+    /// Where the SOCKS5 proxy listens (`None`: no SOCKS5).
+    pub socks_listen: Option<SocketAddr>,
+    /// Where the HTTP proxy listens (`None`: no HTTP proxy).
+    pub http_listen: Option<SocketAddr>,
+    /// Credentials clients must present (SOCKS5 RFC 1929, HTTP
+    /// `Proxy-Authorization: Basic`); `None` accepts every local client.
+    pub credentials: Option<Credentials>,
+    /// How long to wait for a relay connection and then for the exit's answer.
+    pub connect_timeout: Duration,
+    /// How long a client may take to send its proxy request.
+    pub handshake_timeout: Duration,
+    /// A stream with no traffic either way for this long is aborted.
+    pub idle_timeout: Duration,
+    /// Exits known to speak only the legacy format (the reference implementation).
+    pub legacy_exits: Vec<PublicKey>,
+    /// Speak the legacy format to every exit.
+    pub legacy_all: bool,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+    /// Per-stream limits.
+    pub stream: StreamConfig,
+}
+
+impl EntryConfig {
+    /// Defaults: no listeners, no credentials, 10 s connect and handshake
+    /// timeouts, 5 min idle timeout, 512 connections.
+    pub fn new(relays: Vec<RelayUrl>) -> Self {
+        Self {
+            relays,
+            socks_listen: None,
+            http_listen: None,
+            credentials: None,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            legacy_exits: Vec::new(),
+            legacy_all: false,
+            max_connections: 512,
+            stream: StreamConfig::default(),
+        }
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The host looks like an NWS name but does not decode.
+    #[error("bad NWS name `{host}`: {source}")]
+    BadName {
+        /// The host as the client gave it.
+        host: String,
+        /// What is wrong with it.
+        source: NameError,
+    },
+    /// The host is not an NWS name, and public exits are not enabled.
+    #[error(
+        "`{0}` is not an NWS name (.nostr, npub1…, nprofile1…) and public exits are not enabled"
+    )]
+    NotNws(String),
+    /// No relay of the exit could be reached.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The exit refused the stream.
+    #[error("the exit refused the stream: {0}")]
+    Refused(ErrorReason),
+    /// The exit did not answer in time.
+    #[error("the exit did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl OpenError {
+    /// The SOCKS5 reply code for this error (RFC 1928 §6).
+    pub fn socks_reply(&self) -> socks5::ReplyCode {
+        use socks5::ReplyCode as R;
+        match self {
+            Self::BadName { .. } => R::HostUnreachable,
+            Self::NotNws(_) => R::ConnectionNotAllowed,
+            Self::Transport(_) => R::NetworkUnreachable,
+            Self::Timeout(_) => R::HostUnreachable,
+            Self::Refused(reason) => match reason {
+                ErrorReason::ConnectionRefused => R::ConnectionRefused,
+                ErrorReason::HostUnreachable => R::HostUnreachable,
+                ErrorReason::NetworkUnreachable => R::NetworkUnreachable,
+                ErrorReason::NotAllowed => R::ConnectionNotAllowed,
+                ErrorReason::Timeout => R::TtlExpired,
+                _ => R::GeneralFailure,
+            },
+        }
+    }
+
+    /// The HTTP status for this error: 403 for a host that is not routed,
+    /// 504 when the exit did not answer, 502 otherwise.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::NotNws(_) => 403,
+            Self::Timeout(_) => 504,
+            _ => 502,
+        }
+    }
+}
+
+/// Opens NWS streams; shared by the proxy listeners and direct users.
+#[derive(Clone)]
+pub struct Entry {
+    config: Arc<EntryConfig>,
+    transport: Transport,
+    stats: Arc<Stats>,
+}
+
+impl Entry {
+    /// Creates an entry over its own relay pool and starts connecting to the
+    /// configured relays (in the background).
+    pub async fn new(config: EntryConfig) -> Result<Self, TransportError> {
+        let transport = Transport::new();
+        transport.add_relays(&config.relays).await?;
+        Ok(Self {
+            config: Arc::new(config),
+            transport,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// Counters of this entry's streams.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Number of relays connected and known.
+    pub async fn relay_counts(&self) -> (usize, usize) {
+        self.transport.relay_counts().await
+    }
+
+    /// Opens a stream to `host:port`, where `host` is an NWS name.
+    ///
+    /// Generates a fresh ephemeral key for the stream, subscribes for the
+    /// exit's answers, publishes `CONNECT` and (version 2) waits for
+    /// `CONNECTED` or `ERROR`. The name is decoded locally: no DNS query.
+    pub async fn open(&self, host: &str, port: u16) -> Result<NwsStream, OpenError> {
+        let exit = match parse_host(host) {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return Err(OpenError::NotNws(host.to_string())),
+            Err(source) => {
+                log::warn!("cannot route `{host}`: {source}");
+                return Err(OpenError::BadName {
+                    host: host.to_string(),
+                    source,
+                });
+            }
+        };
+        let relays = if exit.relays.is_empty() {
+            self.config.relays.clone()
+        } else {
+            exit.relays.clone()
+        };
+        let timeout = self.config.connect_timeout;
+        self.transport.ensure_connected(&relays, timeout).await?;
+
+        let keys = Keys::generate();
+        let cipher = Cipher::derive(keys.secret_key(), &exit.public_key)
+            .map_err(|e| TransportError::Pool(e.to_string()))?;
+        let rx = self.transport.route(keys.public_key());
+        let mut guard = RouteGuard {
+            transport: self.transport.clone(),
+            recipient: keys.public_key(),
+            subscription: None,
+        };
+        let filter = entry_stream_filter(&exit.public_key, &keys.public_key());
+        guard.subscription = Some(self.transport.subscribe(filter, &relays).await?);
+
+        let dialect =
+            if self.config.legacy_all || self.config.legacy_exits.contains(&exit.public_key) {
+                Dialect::Legacy
+            } else {
+                Dialect::V2
+            };
+        // The reference exit routes only `.nostr` destinations to its backend.
+        let label =
+            encode_nostr_domain(&exit.public_key, &[]).map_err(|source| OpenError::BadName {
+                host: host.to_string(),
+                source,
+            })?;
+        let key = uuid::Uuid::new_v4().to_string();
+        let mut engine = Stream::open(
+            self.config.stream.clone(),
+            key,
+            format!("{label}:{port}"),
+            dialect,
+        );
+        let link = Link {
+            transport: self.transport.clone(),
+            keys,
+            peer: exit.public_key,
+            cipher: cipher.clone(),
+            relays,
+        };
+        let mut inbox = Inbox::Events {
+            rx,
+            cipher,
+            peer: exit.public_key,
+        };
+
+        // The CONNECT is the first output.
+        if let Some(Output::Publish(connect)) = engine.poll_output() {
+            if dialect == Dialect::Legacy {
+                // A legacy exit drops data that overtakes its CONNECT: wait
+                // for the relays' OK (bounded) before any data goes out.
+                let content = link
+                    .cipher
+                    .seal(&connect)
+                    .map_err(|e| TransportError::Pool(e.to_string()))?;
+                let event = build_stream_event(&link.keys, &link.peer, content)
+                    .map_err(|e| TransportError::Pool(e.to_string()))?;
+                let report = self
+                    .transport
+                    .publish_confirmed(&event, &link.relays, Duration::from_secs(2))
+                    .await?;
+                if report.accepted.is_empty() && report.unknown.is_empty() {
+                    let why: Vec<String> = report
+                        .rejected
+                        .iter()
+                        .map(|(u, m)| format!("{u}: {m}"))
+                        .collect();
+                    return Err(TransportError::Pool(format!(
+                        "relays rejected CONNECT ({})",
+                        why.join("; ")
+                    ))
+                    .into());
+                }
+            } else {
+                link.send(&connect).await?;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !engine.is_open() {
+            if engine.is_closed() {
+                let reason = std::iter::from_fn(|| engine.poll_output())
+                    .find_map(|o| match o {
+                        Output::Refused(r) | Output::Aborted(r) => Some(r),
+                        _ => None,
+                    })
+                    .unwrap_or(ErrorReason::ProtocolError);
+                return Err(OpenError::Refused(reason));
+            }
+            match tokio::time::timeout_at(deadline, inbox.next()).await {
+                Ok(Some(msg)) => {
+                    if let Err(e) = engine.handle_message(msg) {
+                        log::debug!("{e}");
+                    }
+                }
+                Ok(None) => return Err(TransportError::Shutdown.into()),
+                Err(_) => return Err(OpenError::Timeout(timeout)),
+            }
+        }
+        Ok(NwsStream {
+            engine,
+            link,
+            inbox,
+            _guard: guard,
+            idle_timeout: self.config.idle_timeout,
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// Disconnects from every relay.
+    pub async fn shutdown(&self) {
+        self.transport.shutdown().await;
+    }
+}
+
+/// Removes a stream's route and subscription when the stream is dropped.
+struct RouteGuard {
+    transport: Transport,
+    recipient: PublicKey,
+    subscription: Option<SubscriptionId>,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.transport.unroute(&self.recipient);
+        if let Some(id) = self.subscription.take() {
+            let transport = self.transport.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { transport.unsubscribe(&id).await });
+            }
+        }
+    }
+}
+
+/// An open NWS stream, ready to be joined to a local socket with
+/// [`NwsStream::run`].
+pub struct NwsStream {
+    engine: Stream,
+    link: Link,
+    inbox: Inbox,
+    _guard: RouteGuard,
+    idle_timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+impl NwsStream {
+    /// The stream's key (a UUID string).
+    pub fn key(&self) -> &str {
+        self.engine.key()
+    }
+
+    /// Whether the exit speaks version 2 on this stream.
+    pub fn dialect(&self) -> Dialect {
+        self.engine.dialect()
+    }
+
+    /// Copies bytes both ways between `socket` and the stream until both
+    /// directions are closed, the stream is aborted, or it idles out.
+    /// `first` is sent before anything read from `socket`.
+    pub async fn run<S>(self, socket: S, first: Vec<u8>) -> Result<(), ErrorReason>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stats = self.stats.clone();
+        stats.streams_open.fetch_add(1, Ordering::Relaxed);
+        stats.streams_total.fetch_add(1, Ordering::Relaxed);
+        let end = pump(
+            self.engine,
+            self.link,
+            self.inbox,
+            socket,
+            first,
+            self.idle_timeout,
+            self.stats,
+        )
+        .await;
+        stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+        match end {
+            End::Closed => Ok(()),
+            End::Aborted(r) => Err(r),
+        }
+    }
+}
+
+/// Errors starting the entry proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The relays could not be used.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A running entry proxy with its SOCKS5 and HTTP listeners.
+pub struct EntryProxy {
+    entry: Entry,
+    socks_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Socks5,
+    Http,
+}
+
+impl EntryProxy {
+    /// Binds the configured listeners and starts serving.
+    pub async fn start(config: EntryConfig) -> Result<Self, EntryError> {
+        let entry = Entry::new(config.clone()).await?;
+        let cancel = CancellationToken::new();
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let mut tasks = Vec::new();
+        let bind = |addr: Option<SocketAddr>, proto: Protocol| {
+            let entry = entry.clone();
+            let cancel = cancel.clone();
+            let limit = limit.clone();
+            async move {
+                let Some(addr) = addr else { return Ok(None) };
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| EntryError::Bind { addr, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| EntryError::Bind { addr, source })?;
+                let task = tokio::spawn(accept_loop(listener, proto, entry, cancel, limit));
+                Ok::<_, EntryError>(Some((local, task)))
+            }
+        };
+        let socks = bind(config.socks_listen, Protocol::Socks5).await?;
+        let http = bind(config.http_listen, Protocol::Http).await?;
+        let mut addr_of = |x: Option<(SocketAddr, tokio::task::JoinHandle<()>)>| {
+            x.map(|(a, t)| {
+                tasks.push(t);
+                a
+            })
+        };
+        let socks_addr = addr_of(socks);
+        let http_addr = addr_of(http);
+        Ok(Self {
+            entry,
+            socks_addr,
+            http_addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Where the SOCKS5 proxy listens.
+    pub fn socks_addr(&self) -> Option<SocketAddr> {
+        self.socks_addr
+    }
+
+    /// Where the HTTP proxy listens.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The entry the proxy uses, for opening streams directly.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Stops listening, ends every client connection, disconnects relays.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.entry.shutdown().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proto: Protocol,
+    entry: Entry,
+    cancel: CancellationToken,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = cancel.cancelled() => return,
+        };
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let _ = sock.set_nodelay(true);
+        let entry = entry.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let serve = async {
+                match proto {
+                    Protocol::Socks5 => serve_socks(&entry, sock).await,
+                    Protocol::Http => serve_http(&entry, sock).await,
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = cancel.cancelled() => {}
+            }
+            log::trace!("client {peer} done");
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
+    let creds = entry.config.credentials.as_ref();
+    let target = match tokio::time::timeout(
+        entry.config.handshake_timeout,
+        socks5::accept(&mut sock, creds),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            log::info!("SOCKS5 client refused: {e}");
+            return;
+        }
+        Err(_) => {
+            log::info!("SOCKS5 client too slow to send its request");
+            return;
+        }
+    };
+    match entry.open(&target.host(), target.port()).await {
+        Err(e) => {
+            log::info!("SOCKS5 {target}: {e}");
+            let _ = socks5::reply(&mut sock, e.socks_reply()).await;
+        }
+        Ok(stream) => {
+            if socks5::reply(&mut sock, socks5::ReplyCode::Succeeded)
+                .await
+                .is_ok()
+            {
+                if let Err(r) = stream.run(sock, Vec::new()).await {
+                    log::debug!("SOCKS5 {target}: stream ended: {r}");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http(entry: &Entry, mut sock: TcpStream) {
+    let creds = entry.config.credentials.as_ref();
+    let req = match tokio::time::timeout(
+        entry.config.handshake_timeout,
+        http::read_request(&mut sock, creds),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            log::info!("HTTP proxy client refused: {e}");
+            if !matches!(
+                e,
+                http::HttpProxyError::Io(_) | http::HttpProxyError::ClosedEarly
+            ) {
+                let _ = http::write_error(&mut sock, e.status(), &e.to_string()).await;
+            }
+            return;
+        }
+        Err(_) => {
+            log::info!("HTTP proxy client too slow to send its request");
+            let _ = http::write_error(&mut sock, 408, "request head not received in time").await;
+            return;
+        }
+    };
+    let (host, port) = (req.host().to_string(), req.port());
+    let stream = match entry.open(&host, port).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::info!("HTTP proxy {host}:{port}: {e}");
+            let _ = http::write_error(&mut sock, e.http_status(), &e.to_string()).await;
+            return;
+        }
+    };
+    let first = match req {
+        http::ProxyRequest::Connect { leftover, .. } => {
+            if http::write_connect_established(&mut sock).await.is_err() {
+                return;
+            }
+            leftover
+        }
+        http::ProxyRequest::Forward {
+            mut head, leftover, ..
+        } => {
+            head.extend_from_slice(&leftover);
+            head
+        }
+    };
+    if let Err(r) = stream.run(sock, first).await {
+        log::debug!("HTTP proxy {host}:{port}: stream ended: {r}");
+    }
+}

@@ -1,0 +1,331 @@
+//! The exit node, private-service mode: it listens on its relays for stream
+//! events addressed to its key and turns each stream into a TCP connection to
+//! its one configured backend, whatever the `CONNECT`'s destination says.
+//!
+//! Each entry author gets one conversation key, derived on its first
+//! `CONNECT` and kept while it has streams open; every stream runs in its own
+//! task through the shared [`driver`](crate::driver).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nostr::{Event, Keys, PublicKey, RelayUrl};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{pump, Inbox, Link, Stats};
+use crate::engine::{Stream, StreamConfig};
+use crate::names::{encode_nostr_domain, NameError};
+use crate::protocol::{Cipher, ErrorReason, Message, MessageType};
+use crate::transport::{exit_filter, Transport, TransportError};
+
+/// Configuration of an exit node.
+#[derive(Debug, Clone)]
+pub struct ExitConfig {
+    /// Relays the exit listens and answers on.
+    pub relays: Vec<RelayUrl>,
+    /// The exit's long-term keys (its public key is its address).
+    pub keys: Keys,
+    /// The one backend every stream is dialled to (`host:port`).
+    pub backend: String,
+    /// Most streams open at once; a `CONNECT` beyond it is refused with
+    /// `too-many-streams`.
+    pub max_streams: usize,
+    /// How long a backend dial may take.
+    pub connect_timeout: Duration,
+    /// A stream with no traffic either way for this long is aborted.
+    pub idle_timeout: Duration,
+    /// How long to wait for a first relay connection at start.
+    pub relay_timeout: Duration,
+    /// Per-stream limits.
+    pub stream: StreamConfig,
+}
+
+impl ExitConfig {
+    /// A configuration with defaults: 256 streams, 10 s dial timeout, 5 min
+    /// idle timeout, 10 s relay timeout.
+    pub fn new(relays: Vec<RelayUrl>, keys: Keys, backend: impl Into<String>) -> Self {
+        Self {
+            relays,
+            keys,
+            backend: backend.into(),
+            max_streams: 256,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            relay_timeout: Duration::from_secs(10),
+            stream: StreamConfig::default(),
+        }
+    }
+}
+
+/// Errors starting an exit node.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    /// The relays could not be used.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The exit's `.nostr` name cannot be written with these relays.
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+/// Streams of one entry author.
+struct Author {
+    cipher: Cipher,
+    streams: HashMap<String, mpsc::UnboundedSender<Message>>,
+}
+
+type Authors = Arc<Mutex<HashMap<PublicKey, Author>>>;
+
+/// A running exit node. Dropping it does not stop it; call [`ExitNode::stop`].
+pub struct ExitNode {
+    public_key: PublicKey,
+    relays: Vec<RelayUrl>,
+    transport: Transport,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ExitNode {
+    /// Connects to the relays (at least one within `relay_timeout`),
+    /// subscribes for events addressed to the exit, and starts serving.
+    pub async fn start(config: ExitConfig) -> Result<Self, ExitError> {
+        let transport = Transport::new();
+        transport
+            .ensure_connected(&config.relays, config.relay_timeout)
+            .await?;
+        let public_key = config.keys.public_key();
+        let inbox = transport.route(public_key);
+        transport
+            .subscribe(exit_filter(&public_key), &config.relays)
+            .await?;
+        let cancel = CancellationToken::new();
+        let stats = Arc::new(Stats::default());
+        let server = Server {
+            config: Arc::new(config.clone()),
+            transport: transport.clone(),
+            authors: Arc::new(Mutex::new(HashMap::new())),
+            stats: stats.clone(),
+            cancel: cancel.clone(),
+        };
+        let task = tokio::spawn(server.run(inbox));
+        log::info!("exit {public_key} serving backend {}", config.backend);
+        Ok(Self {
+            public_key,
+            relays: config.relays,
+            transport,
+            cancel,
+            stats,
+            task,
+        })
+    }
+
+    /// The exit's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// The exit's `.nostr` domain with its relays (fails if a relay URL is
+    /// too long for a DNS label).
+    pub fn nostr_domain(&self) -> Result<String, NameError> {
+        encode_nostr_domain(&self.public_key, &self.relays)
+    }
+
+    /// The exit's NIP-19 `nprofile` with its relays.
+    pub fn nprofile(&self) -> String {
+        use nostr::nips::nip19::{Nip19Profile, ToBech32};
+        Nip19Profile::new(self.public_key, self.relays.clone())
+            .to_bech32()
+            .unwrap_or_default()
+    }
+
+    /// Counters of the exit's streams.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Stops accepting streams, aborts open ones and disconnects from relays.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        self.transport.shutdown().await;
+    }
+}
+
+struct Server {
+    config: Arc<ExitConfig>,
+    transport: Transport,
+    authors: Authors,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+}
+
+impl Server {
+    async fn run(self, mut inbox: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            let ev = tokio::select! {
+                ev = inbox.recv() => match ev { Some(ev) => ev, None => return },
+                _ = self.cancel.cancelled() => return,
+            };
+            self.dispatch(ev).await;
+        }
+    }
+
+    /// Opens one event and hands it to its stream, or starts a stream on `CONNECT`.
+    async fn dispatch(&self, ev: Event) {
+        let author = ev.pubkey;
+        let known = lock(&self.authors).get(&author).map(|a| a.cipher.clone());
+        let cipher = match known {
+            Some(c) => c,
+            None => match Cipher::derive(self.config.keys.secret_key(), &author) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("event {} from {author}: {e}: dropped", ev.id);
+                    return;
+                }
+            },
+        };
+        let msg = match cipher.open(&ev.content) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("event {} from {author}: {e}: dropped", ev.id);
+                return;
+            }
+        };
+        if msg.key.is_empty() {
+            log::warn!(
+                "event {} from {author}: message without key: dropped",
+                ev.id
+            );
+            return;
+        }
+        {
+            let authors = lock(&self.authors);
+            if let Some(tx) = authors.get(&author).and_then(|a| a.streams.get(&msg.key)) {
+                let _ = tx.send(msg);
+                return;
+            }
+        }
+        match msg.kind {
+            MessageType::Connect => self.accept(author, cipher, msg).await,
+            MessageType::ConnectReverse => {
+                log::warn!("stream {}: reverse connect is not supported yet", msg.key)
+            }
+            kind => log::debug!("stream {}: {kind} for an unknown stream: dropped", msg.key),
+        }
+    }
+
+    async fn accept(&self, author: PublicKey, cipher: Cipher, connect: Message) {
+        let key = connect.key.clone();
+        let mut engine = match Stream::accept(self.config.stream.clone(), connect) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("stream {key}: {e}");
+                return;
+            }
+        };
+        let link = Link {
+            transport: self.transport.clone(),
+            keys: self.config.keys.clone(),
+            peer: author,
+            cipher: cipher.clone(),
+            relays: self.config.relays.clone(),
+        };
+        let open = self.stats.streams_open.load(Ordering::Relaxed);
+        if open >= self.config.max_streams {
+            log::warn!("stream {key}: refused, {open} streams open");
+            engine.backend_failed(ErrorReason::TooManyStreams);
+            send_all(&mut engine, &link).await;
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.authors)
+            .entry(author)
+            .or_insert_with(|| Author {
+                cipher,
+                streams: HashMap::new(),
+            })
+            .streams
+            .insert(key.clone(), tx);
+        self.stats.streams_open.fetch_add(1, Ordering::Relaxed);
+        self.stats.streams_total.fetch_add(1, Ordering::Relaxed);
+        let config = self.config.clone();
+        let authors = self.authors.clone();
+        let stats = self.stats.clone();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve_stream(engine, link, Inbox::Messages(rx), &config, stats.clone()) => {}
+                _ = cancel.cancelled() => {}
+            }
+            stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+            let mut authors = lock(&authors);
+            if let Some(a) = authors.get_mut(&author) {
+                a.streams.remove(&key);
+                if a.streams.is_empty() {
+                    authors.remove(&author);
+                }
+            }
+        });
+    }
+}
+
+/// Dials the backend for one accepted stream, answers, and pumps it.
+async fn serve_stream(
+    mut engine: Stream,
+    link: Link,
+    inbox: Inbox,
+    config: &ExitConfig,
+    stats: Arc<Stats>,
+) {
+    let key = engine.key().to_string();
+    let dial = tokio::time::timeout(config.connect_timeout, TcpStream::connect(&config.backend));
+    let backend = match dial.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            log::info!("stream {key}: backend {} failed: {e}", config.backend);
+            engine.backend_failed(ErrorReason::from_io(&e));
+            send_all(&mut engine, &link).await;
+            return;
+        }
+        Err(_) => {
+            log::info!("stream {key}: backend {} timed out", config.backend);
+            engine.backend_failed(ErrorReason::Timeout);
+            send_all(&mut engine, &link).await;
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    engine.backend_connected();
+    log::debug!("stream {key}: open to {}", config.backend);
+    let end = pump(
+        engine,
+        link,
+        inbox,
+        backend,
+        Vec::new(),
+        config.idle_timeout,
+        stats,
+    )
+    .await;
+    log::debug!("stream {key}: ended ({end:?})");
+}
+
+/// Publishes whatever the engine queued (used when the stream ends early).
+async fn send_all(engine: &mut Stream, link: &Link) {
+    while let Some(out) = engine.poll_output() {
+        if let crate::engine::Output::Publish(m) = out {
+            if let Err(e) = link.send(&m).await {
+                log::warn!("stream {}: cannot publish {}: {e}", engine.key(), m.kind);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,455 @@
+//! The NWS wire format: event kinds, the JSON message carried inside each
+//! stream event, and its NIP-44 v2 sealing (see `PROTOCOL.md` and
+//! `docs/PROTOCOL.md`).
+//!
+//! A [`Message`] is the plaintext; a [`Cipher`] holds one stream's NIP-44
+//! conversation key (derived once per stream, never per event) and turns
+//! messages into event content and back; [`build_stream_event`] signs the
+//! kind-28333 event that carries it.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use nostr::nips::nip44::v2::{self as nip44v2, ConversationKey};
+use nostr::{Event, EventBuilder, Keys, Kind, PublicKey, SecretKey, Tag};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Kind of a stream message event (ephemeral: relays forward, never store).
+pub const KIND_STREAM: u16 = 28333;
+/// Kind of a public exit's announcement (carries a NIP-40 `expiration` tag).
+pub const KIND_EXIT_ANNOUNCEMENT: u16 = 38333;
+/// Kind of an exit's TLS certificate (PEM, plain text).
+pub const KIND_EXIT_CERTIFICATE: u16 = 38334;
+/// Kind of an exit's TLS private key backup (NIP-44, exit to itself).
+pub const KIND_EXIT_KEY_BACKUP: u16 = 38335;
+
+/// The stream protocol version this implementation speaks (PROTOCOL.md part 2).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Largest number of stream bytes put into one event, in bytes.
+///
+/// 24 KiB of data is 32 KiB of base64 inside the JSON; NIP-44 pads that to
+/// 40 KiB and base64 makes the event content about 54 KiB, which stays under
+/// the 64 KiB message cap that many public relays apply.
+pub const DEFAULT_MAX_DATA_PER_EVENT: usize = 24 * 1024;
+
+/// Largest NIP-44 v2 plaintext rust-nostr accepts, in bytes.
+pub const MAX_PLAINTEXT: usize = 65_536 - 128;
+
+/// Stream kind as a `nostr` [`Kind`].
+pub fn stream_kind() -> Kind {
+    Kind::Custom(KIND_STREAM)
+}
+
+/// The `type` of a message.
+///
+/// The draft calls the data message `DATA`; the reference implementation
+/// sends `SOCKS5RESPONSE` for data in both directions. Both are data here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// Open a stream to `destination` (entry to exit).
+    Connect,
+    /// Open a stream by reverse connect to `entryPublicAddress`.
+    ConnectReverse,
+    /// Stream bytes, as the draft names it (we send it to v2 peers).
+    Data,
+    /// Stream bytes, as the reference implementation names it.
+    Socks5Response,
+    /// v2: the exit reached the backend; the stream is open.
+    Connected,
+    /// v2: the stream is refused or aborted; `reason` says why.
+    Error,
+    /// v2: the sender will send no more data (half-close, like TCP FIN).
+    Close,
+    /// Any other type: kept so it can be logged and ignored.
+    Unknown(String),
+}
+
+impl MessageType {
+    /// The string on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Connect => "CONNECT",
+            Self::ConnectReverse => "CONNECTR",
+            Self::Data => "DATA",
+            Self::Socks5Response => "SOCKS5RESPONSE",
+            Self::Connected => "CONNECTED",
+            Self::Error => "ERROR",
+            Self::Close => "CLOSE",
+            Self::Unknown(s) => s,
+        }
+    }
+
+    /// Whether this message carries stream bytes (`DATA` or `SOCKS5RESPONSE`).
+    pub fn is_data(&self) -> bool {
+        matches!(self, Self::Data | Self::Socks5Response)
+    }
+}
+
+impl From<&str> for MessageType {
+    fn from(s: &str) -> Self {
+        match s {
+            "CONNECT" => Self::Connect,
+            "CONNECTR" => Self::ConnectReverse,
+            "DATA" => Self::Data,
+            "SOCKS5RESPONSE" => Self::Socks5Response,
+            "CONNECTED" => Self::Connected,
+            "ERROR" => Self::Error,
+            "CLOSE" => Self::Close,
+            other => Self::Unknown(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MessageType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(MessageType::from(s.as_str()))
+    }
+}
+
+/// Why a stream was refused or aborted: the `reason` of an `ERROR` message.
+///
+/// On the wire it is a short lower-case code (`connection-refused`, ...); an
+/// unknown code is kept as [`ErrorReason::Other`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// The backend actively refused the TCP connection.
+    ConnectionRefused,
+    /// The backend's host could not be reached or resolved.
+    HostUnreachable,
+    /// The backend's network could not be reached.
+    NetworkUnreachable,
+    /// The exit's policy does not allow this destination or entry.
+    NotAllowed,
+    /// The exit has as many streams open as it allows.
+    TooManyStreams,
+    /// Something did not answer in time.
+    Timeout,
+    /// The peer broke the stream protocol.
+    ProtocolError,
+    /// Any other reason (the code as received).
+    Other(String),
+}
+
+impl ErrorReason {
+    /// The code on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::ConnectionRefused => "connection-refused",
+            Self::HostUnreachable => "host-unreachable",
+            Self::NetworkUnreachable => "network-unreachable",
+            Self::NotAllowed => "not-allowed",
+            Self::TooManyStreams => "too-many-streams",
+            Self::Timeout => "timeout",
+            Self::ProtocolError => "protocol-error",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// Parses a wire code; unknown codes become [`ErrorReason::Other`].
+    pub fn parse(code: &str) -> Self {
+        match code {
+            "connection-refused" => Self::ConnectionRefused,
+            "host-unreachable" => Self::HostUnreachable,
+            "network-unreachable" => Self::NetworkUnreachable,
+            "not-allowed" => Self::NotAllowed,
+            "too-many-streams" => Self::TooManyStreams,
+            "timeout" => Self::Timeout,
+            "protocol-error" => Self::ProtocolError,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// The reason a failed backend dial gives, from its I/O error.
+    pub fn from_io(err: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match err.kind() {
+            ErrorKind::ConnectionRefused => Self::ConnectionRefused,
+            ErrorKind::TimedOut => Self::Timeout,
+            ErrorKind::PermissionDenied => Self::NotAllowed,
+            ErrorKind::NetworkUnreachable => Self::NetworkUnreachable,
+            _ => Self::HostUnreachable,
+        }
+    }
+}
+
+impl fmt::Display for ErrorReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The plaintext JSON message inside every stream event.
+///
+/// Field names and encodings follow the reference implementation: `data` is
+/// standard padded base64, empty fields are omitted, unknown fields are
+/// ignored. `version`, `seq` and `reason` are our version-2 extension, which
+/// legacy peers ignore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Stream identifier (a UUID string), the same on every message of a stream.
+    #[serde(default)]
+    pub key: String,
+    /// What this message is.
+    #[serde(rename = "type")]
+    pub kind: MessageType,
+    /// Payload bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "ser_base64",
+        deserialize_with = "de_base64"
+    )]
+    pub data: Vec<u8>,
+    /// `CONNECT`: `host:port` the exit should dial, as the client gave it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub destination: String,
+    /// `CONNECTR`: the entry's public `ip:port` for reverse connect.
+    #[serde(
+        rename = "entryPublicAddress",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub entry_public_address: String,
+    /// v2: protocol version on `CONNECT` and `CONNECTED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// v2: sequence number of `DATA` and `CLOSE`, per direction, from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// v2: why an `ERROR` was sent (see [`ErrorReason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Message {
+    /// A message of `kind` for stream `key` with every other field empty.
+    pub fn new(key: impl Into<String>, kind: MessageType) -> Self {
+        Self {
+            key: key.into(),
+            kind,
+            data: Vec::new(),
+            destination: String::new(),
+            entry_public_address: String::new(),
+            version: None,
+            seq: None,
+            reason: None,
+        }
+    }
+
+    /// Serializes to the JSON text that gets encrypted.
+    pub fn to_json(&self) -> String {
+        // Serializing this struct cannot fail: every field is a plain value.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses the decrypted JSON text.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CodecError> {
+        serde_json::from_slice(bytes).map_err(|e| CodecError::Json(e.to_string()))
+    }
+}
+
+fn ser_base64<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&BASE64.encode(data))
+}
+
+fn de_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s {
+        None => Ok(Vec::new()),
+        Some(s) => BASE64
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Errors turning event content into a [`Message`] and back.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The event content is not a NIP-44 v2 payload for this conversation key
+    /// (bad base64, wrong version byte, bad MAC, or wrong keys).
+    #[error("cannot decrypt the event content: {0}")]
+    Decrypt(String),
+    /// The plaintext is not a JSON message of the expected shape.
+    #[error("malformed message JSON: {0}")]
+    Json(String),
+    /// The message is larger than NIP-44 v2 can carry.
+    #[error("message of {size} bytes exceeds the NIP-44 limit of {max} bytes")]
+    TooLarge {
+        /// Plaintext size in bytes.
+        size: usize,
+        /// Limit in bytes.
+        max: usize,
+    },
+    /// Signing the event failed.
+    #[error("cannot sign the event: {0}")]
+    Sign(String),
+}
+
+/// One stream's NIP-44 v2 conversation key: derived once, used for every
+/// event of the stream in both directions.
+#[derive(Clone)]
+pub struct Cipher {
+    key: ConversationKey,
+}
+
+impl fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cipher(..)")
+    }
+}
+
+impl Cipher {
+    /// Derives the conversation key (ECDH of `secret_key` with `peer`, NIP-44 v2).
+    pub fn derive(secret_key: &SecretKey, peer: &PublicKey) -> Result<Self, CodecError> {
+        ConversationKey::derive(secret_key, peer)
+            .map(|key| Self { key })
+            .map_err(|e| CodecError::Decrypt(e.to_string()))
+    }
+
+    /// Encrypts a message into event content (base64 of the NIP-44 v2 payload).
+    pub fn seal(&self, msg: &Message) -> Result<String, CodecError> {
+        let json = msg.to_json();
+        if json.len() > MAX_PLAINTEXT {
+            return Err(CodecError::TooLarge {
+                size: json.len(),
+                max: MAX_PLAINTEXT,
+            });
+        }
+        let payload = nip44v2::encrypt_to_bytes(&self.key, json.as_bytes())
+            .map_err(|e| CodecError::Decrypt(e.to_string()))?;
+        Ok(BASE64.encode(payload))
+    }
+
+    /// Decrypts event content and parses the message inside.
+    pub fn open(&self, content: &str) -> Result<Message, CodecError> {
+        let payload = BASE64
+            .decode(content.as_bytes())
+            .map_err(|e| CodecError::Decrypt(format!("content is not base64: {e}")))?;
+        let plain = nip44v2::decrypt_to_bytes(&self.key, &payload)
+            .map_err(|e| CodecError::Decrypt(e.to_string()))?;
+        Message::from_json(&plain)
+    }
+}
+
+/// Signs a kind-28333 stream event carrying `content` to `recipient`
+/// (tag `["p", <recipient hex>]`), authored by `keys`.
+pub fn build_stream_event(
+    keys: &Keys,
+    recipient: &PublicKey,
+    content: String,
+) -> Result<Event, CodecError> {
+    EventBuilder::new(stream_kind(), content)
+        .tag(Tag::public_key(*recipient))
+        .sign_with_keys(keys)
+        .map_err(|e| CodecError::Sign(e.to_string()))
+}
+
+/// The first `p` tag of an event: the recipient of a stream event.
+pub fn recipient(event: &Event) -> Option<PublicKey> {
+    event.tags.public_keys().next().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_like_the_reference() {
+        let mut m = Message::new("3b1f09a8-2b10-4daa-880c-2a392e781f09", MessageType::Connect);
+        m.data = b"GET / HTTP/1.1\r\n".to_vec();
+        m.destination = "x.nostr:80".into();
+        assert_eq!(
+            m.to_json(),
+            r#"{"key":"3b1f09a8-2b10-4daa-880c-2a392e781f09","type":"CONNECT","data":"R0VUIC8gSFRUUC8xLjENCg==","destination":"x.nostr:80"}"#
+        );
+    }
+
+    #[test]
+    fn omits_empty_fields_and_ignores_unknown_ones() {
+        let m = Message::new("k", MessageType::Socks5Response);
+        assert_eq!(m.to_json(), r#"{"key":"k","type":"SOCKS5RESPONSE"}"#);
+        let parsed =
+            Message::from_json(br#"{"key":"k","type":"DATA","data":null,"extra":[1,2],"seq":7}"#)
+                .unwrap();
+        assert_eq!(parsed.kind, MessageType::Data);
+        assert!(parsed.data.is_empty());
+        assert_eq!(parsed.seq, Some(7));
+    }
+
+    #[test]
+    fn keeps_unknown_types() {
+        let m = Message::from_json(br#"{"key":"k","type":"PING"}"#).unwrap();
+        assert_eq!(m.kind, MessageType::Unknown("PING".into()));
+        assert!(!m.kind.is_data());
+        assert!(MessageType::Socks5Response.is_data());
+    }
+
+    #[test]
+    fn rejects_bad_base64_data() {
+        assert!(Message::from_json(br#"{"key":"k","type":"DATA","data":"%%%"}"#).is_err());
+    }
+
+    #[test]
+    fn seals_and_opens_between_two_keys() {
+        let a = Keys::generate();
+        let b = Keys::generate();
+        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
+        let cb = Cipher::derive(b.secret_key(), &a.public_key()).unwrap();
+        let mut m = Message::new("k", MessageType::Data);
+        m.data = (0..=255u8).collect();
+        m.seq = Some(3);
+        let content = ca.seal(&m).unwrap();
+        assert_eq!(cb.open(&content).unwrap(), m);
+        // The content is interoperable with rust-nostr's plain NIP-44 API.
+        let plain = nostr::nips::nip44::decrypt(b.secret_key(), &a.public_key(), &content).unwrap();
+        assert_eq!(plain, m.to_json());
+    }
+
+    #[test]
+    fn wrong_key_cannot_open() {
+        let a = Keys::generate();
+        let b = Keys::generate();
+        let c = Keys::generate();
+        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
+        let cc = Cipher::derive(c.secret_key(), &a.public_key()).unwrap();
+        let content = ca.seal(&Message::new("k", MessageType::Close)).unwrap();
+        assert!(matches!(cc.open(&content), Err(CodecError::Decrypt(_))));
+        assert!(matches!(
+            cc.open("not base64!"),
+            Err(CodecError::Decrypt(_))
+        ));
+    }
+
+    #[test]
+    fn full_data_event_fits_nip44() {
+        let a = Keys::generate();
+        let c = Cipher::derive(a.secret_key(), &Keys::generate().public_key()).unwrap();
+        let mut m = Message::new(uuid::Uuid::new_v4().to_string(), MessageType::Data);
+        m.data = vec![0xAB; DEFAULT_MAX_DATA_PER_EVENT];
+        m.seq = Some(u64::MAX);
+        let content = c.seal(&m).unwrap();
+        assert!(
+            content.len() < 60 * 1024,
+            "content is {} bytes",
+            content.len()
+        );
+        let ev = build_stream_event(&a, &Keys::generate().public_key(), content).unwrap();
+        assert_eq!(ev.kind, stream_kind());
+        assert!(recipient(&ev).is_some());
+    }
+}

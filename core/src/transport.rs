@@ -1,0 +1,413 @@
+//! Relay transport over nostr-sdk's relay pool: connect to relays, publish
+//! stream events in order without stalling on `OK`, subscribe, and route each
+//! incoming event to the stream (or exit) it is addressed to.
+//!
+//! Routing is by recipient: every stream event carries `["p", <recipient>]`,
+//! and [`Transport::route`] hands out a channel per recipient key (an entry
+//! stream's ephemeral key, or an exit's long-term key). The pool does not
+//! de-duplicate ephemeral events that arrive through several relays, so the
+//! router drops repeated event ids (bounded cache) before they reach a stream.
+//!
+//! Relays that drop the connection are reconnected by the pool every
+//! [`RETRY_INTERVAL`], and their subscriptions are sent again.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nostr::{Event, EventId, Filter, PublicKey, RelayUrl, SubscriptionId};
+use nostr_sdk::prelude::{
+    ClientMessage, RelayMessage, RelayOptions, RelayPool, RelayPoolNotification, RelayPoolOptions,
+    SubscribeOptions,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::protocol::{recipient, KIND_STREAM};
+
+/// How often a disconnected relay is retried.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How many event ids the router remembers to drop duplicates.
+const SEEN_IDS: usize = 16_384;
+/// Messages queued for one relay's websocket above which publishing waits.
+const MAX_RELAY_QUEUE: usize = 256;
+
+/// Errors of the relay transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// None of the relays could be connected within the timeout.
+    #[error("no relay reachable (tried {0})")]
+    NoRelayReachable(String),
+    /// No relay was given.
+    #[error("no relays configured")]
+    NoRelays,
+    /// The relay pool refused the operation.
+    #[error("relay pool: {0}")]
+    Pool(String),
+    /// The transport was shut down.
+    #[error("transport is shut down")]
+    Shutdown,
+}
+
+/// What the relays answered to one published event (NIP-01 `OK`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Relays that answered `OK true`.
+    pub accepted: Vec<RelayUrl>,
+    /// Relays that answered `OK false`, with their message.
+    pub rejected: Vec<(RelayUrl, String)>,
+    /// Relays that did not answer within the timeout (some relays never
+    /// answer for ephemeral events: unknown, not failure).
+    pub unknown: Vec<RelayUrl>,
+}
+
+type OkSender = mpsc::UnboundedSender<(RelayUrl, bool, String)>;
+
+struct Routes {
+    streams: HashMap<PublicKey, mpsc::UnboundedSender<Event>>,
+    pending_ok: HashMap<EventId, OkSender>,
+    seen: HashSet<EventId>,
+    seen_order: VecDeque<EventId>,
+}
+
+impl Routes {
+    /// Remembers an id; false if it was seen before.
+    fn first_sight(&mut self, id: EventId) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.seen_order.push_back(id);
+        if self.seen_order.len() > SEEN_IDS {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+struct Inner {
+    pool: RelayPool,
+    routes: Mutex<Routes>,
+    router: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A connection to a set of relays, shared by every stream of an entry or exit.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transport")
+    }
+}
+
+impl Transport {
+    /// Creates the pool and starts the router. Relays are added with
+    /// [`Transport::add_relays`]. Must be called inside a tokio runtime.
+    pub fn new() -> Self {
+        let pool = RelayPool::builder()
+            .opts(RelayPoolOptions::new().notification_channel_size(65_536))
+            .build();
+        let inner = Arc::new(Inner {
+            pool,
+            routes: Mutex::new(Routes {
+                streams: HashMap::new(),
+                pending_ok: HashMap::new(),
+                seen: HashSet::new(),
+                seen_order: VecDeque::new(),
+            }),
+            router: Mutex::new(None),
+        });
+        let notifications = inner.pool.notifications();
+        let task = tokio::spawn(run_router(Arc::downgrade(&inner), notifications));
+        *lock(&inner.router) = Some(task);
+        Self { inner }
+    }
+
+    /// Adds relays (if new) and starts connecting to them; returns at once.
+    pub async fn add_relays(&self, relays: &[RelayUrl]) -> Result<(), TransportError> {
+        for url in relays {
+            let opts = RelayOptions::new()
+                .retry_interval(RETRY_INTERVAL)
+                .adjust_retry_interval(false);
+            let added = self
+                .inner
+                .pool
+                .add_relay(url.clone(), opts)
+                .await
+                .map_err(|e| TransportError::Pool(e.to_string()))?;
+            if added {
+                log::debug!("relay {url}: added");
+                self.inner
+                    .pool
+                    .connect_relay(url.clone())
+                    .await
+                    .map_err(|e| TransportError::Pool(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `relays` and waits up to `timeout` until at least one of them is
+    /// connected. Returns the connected ones, or
+    /// [`TransportError::NoRelayReachable`].
+    pub async fn ensure_connected(
+        &self,
+        relays: &[RelayUrl],
+        timeout: Duration,
+    ) -> Result<Vec<RelayUrl>, TransportError> {
+        if relays.is_empty() {
+            return Err(TransportError::NoRelays);
+        }
+        self.add_relays(relays).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut wait = Duration::from_millis(5);
+        loop {
+            let connected = self.connected_among(relays).await;
+            if !connected.is_empty() {
+                return Ok(connected);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let names: Vec<String> = relays.iter().map(|r| r.to_string()).collect();
+                return Err(TransportError::NoRelayReachable(names.join(", ")));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn connected_among(&self, relays: &[RelayUrl]) -> Vec<RelayUrl> {
+        let all = self.inner.pool.relays().await;
+        relays
+            .iter()
+            .filter(|u| all.get(*u).is_some_and(|r| r.is_connected()))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of relays connected and known, in that order.
+    pub async fn relay_counts(&self) -> (usize, usize) {
+        let all = self.inner.pool.relays().await;
+        (all.values().filter(|r| r.is_connected()).count(), all.len())
+    }
+
+    /// Routes events `p`-tagged to `recipient` into the returned channel,
+    /// replacing any earlier route for that key.
+    pub fn route(&self, recipient: PublicKey) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.routes).streams.insert(recipient, tx);
+        rx
+    }
+
+    /// Removes the route for `recipient`.
+    pub fn unroute(&self, recipient: &PublicKey) {
+        lock(&self.inner.routes).streams.remove(recipient);
+    }
+
+    /// Subscribes to `filter` on `relays` (kept and re-sent after reconnects).
+    pub async fn subscribe(
+        &self,
+        filter: Filter,
+        relays: &[RelayUrl],
+    ) -> Result<SubscriptionId, TransportError> {
+        let id = SubscriptionId::generate();
+        self.inner
+            .pool
+            .subscribe_with_id_to(
+                relays.iter().cloned(),
+                id.clone(),
+                filter,
+                SubscribeOptions::default(),
+            )
+            .await
+            .map_err(|e| TransportError::Pool(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Closes a subscription on every relay.
+    pub async fn unsubscribe(&self, id: &SubscriptionId) {
+        self.inner.pool.unsubscribe(id).await;
+    }
+
+    /// Publishes `event` to `relays` without waiting for `OK`.
+    ///
+    /// Events given to one relay go out in call order. When a relay's send
+    /// queue is long, this waits (bounded) so a fast sender cannot grow it
+    /// without limit. Fails only if no relay took the event.
+    pub async fn publish(&self, event: &Event, relays: &[RelayUrl]) -> Result<(), TransportError> {
+        self.wait_for_queue_room(relays).await;
+        let out = self
+            .inner
+            .pool
+            .send_msg_to(relays.iter().cloned(), ClientMessage::event(event.clone()))
+            .await
+            .map_err(|e| TransportError::Pool(e.to_string()))?;
+        if out.success.is_empty() {
+            let why: Vec<String> = out
+                .failed
+                .iter()
+                .map(|(u, e)| format!("{u}: {e}"))
+                .collect();
+            return Err(TransportError::Pool(format!(
+                "no relay took the event ({})",
+                why.join("; ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Publishes like [`Transport::publish`] and then collects the relays'
+    /// `OK` answers for up to `timeout`.
+    pub async fn publish_confirmed(
+        &self,
+        event: &Event,
+        relays: &[RelayUrl],
+        timeout: Duration,
+    ) -> Result<PublishReport, TransportError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        lock(&self.inner.routes).pending_ok.insert(event.id, tx);
+        let result = self.publish(event, relays).await;
+        let mut report = PublishReport::default();
+        if result.is_ok() {
+            let mut waiting: HashSet<RelayUrl> = relays.iter().cloned().collect();
+            let deadline = tokio::time::Instant::now() + timeout;
+            while !waiting.is_empty() {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((url, ok, message))) => {
+                        if waiting.remove(&url) {
+                            if ok {
+                                report.accepted.push(url);
+                            } else {
+                                report.rejected.push((url, message));
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            report.unknown = waiting.into_iter().collect();
+        }
+        lock(&self.inner.routes).pending_ok.remove(&event.id);
+        result.map(|_| report)
+    }
+
+    async fn wait_for_queue_room(&self, relays: &[RelayUrl]) {
+        // The pool's per-relay queue is a bounded channel that fails when full;
+        // waiting here turns a slow relay into back-pressure on the stream.
+        for _ in 0..2_000 {
+            let all = self.inner.pool.relays().await;
+            let busy = relays
+                .iter()
+                .filter_map(|u| all.get(u))
+                .any(|r| r.is_connected() && r.queue() > MAX_RELAY_QUEUE);
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Disconnects from every relay and stops the router.
+    pub async fn shutdown(&self) {
+        self.inner.pool.shutdown().await;
+        if let Some(task) = lock(&self.inner.router).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked mid-update of plain maps.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn run_router(
+    inner: std::sync::Weak<Inner>,
+    mut notifications: broadcast::Receiver<RelayPoolNotification>,
+) {
+    loop {
+        let n = match notifications.recv().await {
+            Ok(n) => n,
+            Err(broadcast::error::RecvError::Lagged(k)) => {
+                log::warn!("router fell behind: {k} relay notifications lost");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        match n {
+            RelayPoolNotification::Event { event, .. } => {
+                if event.kind.as_u16() != KIND_STREAM {
+                    continue;
+                }
+                let Some(to) = recipient(&event) else {
+                    log::debug!("event {} has no p tag: dropped", event.id);
+                    continue;
+                };
+                let mut routes = lock(&inner.routes);
+                if !routes.first_sight(event.id) {
+                    continue;
+                }
+                match routes.streams.get(&to) {
+                    Some(tx) => {
+                        if tx.send(*event).is_err() {
+                            routes.streams.remove(&to);
+                        }
+                    }
+                    None => log::debug!("event {} for unknown recipient {to}: dropped", event.id),
+                }
+            }
+            RelayPoolNotification::Message {
+                relay_url,
+                message:
+                    RelayMessage::Ok {
+                        event_id,
+                        status,
+                        message,
+                    },
+            } => {
+                let routes = lock(&inner.routes);
+                if let Some(tx) = routes.pending_ok.get(&event_id) {
+                    let _ = tx.send((relay_url, status, message.into_owned()));
+                } else if !status {
+                    log::debug!("relay {relay_url} rejected event {event_id}: {message}");
+                }
+            }
+            RelayPoolNotification::Shutdown => return,
+            _ => {}
+        }
+    }
+}
+
+/// The filter an exit subscribes with: kind 28333 events addressed to it.
+pub fn exit_filter(exit: &PublicKey) -> Filter {
+    Filter::new()
+        .kind(crate::protocol::stream_kind())
+        .pubkey(*exit)
+        .since(since_now())
+}
+
+/// The filter an entry stream subscribes with: kind 28333 events from the
+/// exit, addressed to the stream's ephemeral key.
+pub fn entry_stream_filter(exit: &PublicKey, ephemeral: &PublicKey) -> Filter {
+    Filter::new()
+        .kind(crate::protocol::stream_kind())
+        .author(*exit)
+        .pubkey(*ephemeral)
+        .since(since_now())
+}
+
+/// `since` for live subscriptions: now, less a margin for clock skew between
+/// peers (relays do not store ephemeral events, so nothing old is replayed).
+fn since_now() -> nostr::Timestamp {
+    nostr::Timestamp::from_secs(nostr::Timestamp::now().as_secs().saturating_sub(30))
+}

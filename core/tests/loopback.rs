@@ -1,0 +1,92 @@
+//! In-process round trips: embedded relay, exit, entry, and a TCP backend.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nostr::Keys;
+use nws_core::entry::{Entry, EntryConfig, OpenError};
+use nws_core::exit::{ExitConfig, ExitNode};
+use nws_core::protocol::ErrorReason;
+use nws_core::relay::EmbeddedRelay;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A backend that answers every connection with "echo:" and then echoes.
+async fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                w.write_all(b"echo:").await.unwrap();
+                tokio::io::copy(&mut r, &mut w).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_bytes_and_closes_both_ways() {
+    let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let backend = echo_backend().await;
+    let exit = ExitNode::start(ExitConfig::new(
+        vec![relay.url().clone()],
+        Keys::generate(),
+        backend.to_string(),
+    ))
+    .await
+    .unwrap();
+    let name = exit.nostr_domain().unwrap();
+    let entry = Entry::new(EntryConfig::new(vec![])).await.unwrap();
+    let stream = entry.open(&name, 80).await.unwrap();
+    let (mut app, ours) = tokio::io::duplex(1 << 16);
+    let task = tokio::spawn(stream.run(ours, Vec::new()));
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    app.write_all(&payload).await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), app.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..5], b"echo:");
+    assert_eq!(&got[5..], &payload[..]);
+    assert_eq!(task.await.unwrap(), Ok(()));
+    exit.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_backend_is_reported() {
+    let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let exit = ExitNode::start(ExitConfig::new(
+        vec![relay.url().clone()],
+        Keys::generate(),
+        dead.to_string(),
+    ))
+    .await
+    .unwrap();
+    let entry = Entry::new(EntryConfig::new(vec![relay.url().clone()]))
+        .await
+        .unwrap();
+    let npub = {
+        use nostr::nips::nip19::ToBech32;
+        exit.public_key().to_bech32().unwrap()
+    };
+    match entry.open(&npub, 80).await {
+        Err(OpenError::Refused(ErrorReason::ConnectionRefused)) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a stream to a dead backend"),
+    }
+    exit.stop().await;
+}
