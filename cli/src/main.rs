@@ -1,1 +1,316 @@
-fn main(){}
+//! `nws`: the operator's command for Nostr Web Services — an entry proxy, an
+//! exit node, an embedded relay, keys and `.nostr` names, and a demo that
+//! runs the whole path on loopback.
+//!
+//! Settings come from flags, from the reference implementation's environment
+//! variables where they exist (`NOSTR_RELAYS` separated by `;`,
+//! `NOSTR_PRIVATE_KEY`, `BACKEND_HOST`), and from a `.env` file in the
+//! working directory.
+
+mod demo;
+mod keys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use nostr::nips::nip19::ToBech32;
+use nostr::{PublicKey, RelayUrl};
+use nws_core::entry::{Credentials, EntryConfig, EntryProxy};
+use nws_core::exit::{ExitConfig, ExitNode};
+use nws_core::names::{decode_nostr_domain, encode_nostr_domain, parse_host};
+use nws_core::relay::EmbeddedRelay;
+
+#[derive(Parser)]
+#[command(
+    name = "nws",
+    version,
+    about = "Nostr Web Services: TCP streams over Nostr relays"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new secret key (hex) to a file readable only by its owner; print the npub.
+    Keygen {
+        /// File to create (refuses to overwrite).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encode or decode `.nostr` domains.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Run the embedded relay.
+    Relay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7777")]
+        listen: SocketAddr,
+    },
+    /// Run an exit node in front of one backend (private service).
+    Exit(ExitArgs),
+    /// Run an entry proxy (SOCKS5 and HTTP) on loopback.
+    Entry(EntryArgs),
+    /// Run relay, exit, a small web backend and an entry on loopback, and
+    /// fetch a page through them.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Print the `.nostr` domain of a public key and its relays.
+    Encode {
+        /// Key file whose public key to use.
+        #[arg(long, conflicts_with = "pubkey", required_unless_present = "pubkey")]
+        key_file: Option<PathBuf>,
+        /// Public key, hex or npub.
+        #[arg(long)]
+        pubkey: Option<String>,
+        /// Relay URL (repeatable).
+        #[arg(long = "relay")]
+        relays: Vec<RelayUrl>,
+    },
+    /// Print the public key (hex and npub) and relays of a `.nostr`, npub or nprofile name.
+    Decode {
+        /// The name.
+        name: String,
+    },
+}
+
+/// Relays from `--relay` or `NOSTR_RELAYS` (`;`-separated).
+#[derive(Args, Clone)]
+struct RelayArgs {
+    /// Relay URL (repeatable; or NOSTR_RELAYS, separated by `;`).
+    #[arg(long = "relay", env = "NOSTR_RELAYS", value_delimiter = ';')]
+    relays: Vec<RelayUrl>,
+}
+
+#[derive(Args)]
+struct ExitArgs {
+    #[command(flatten)]
+    relays: RelayArgs,
+    /// File holding the exit's secret key (hex or nsec); created (mode 0600) if missing.
+    #[arg(long, required_unless_present = "private_key")]
+    key_file: Option<PathBuf>,
+    /// The exit's secret key (hex or nsec) instead of a key file.
+    #[arg(long, env = "NOSTR_PRIVATE_KEY", hide_env_values = true)]
+    private_key: Option<String>,
+    /// The backend every stream is dialled to, `host:port`.
+    #[arg(long, env = "BACKEND_HOST")]
+    backend: String,
+    /// Most streams open at once.
+    #[arg(long, default_value_t = 256)]
+    max_streams: usize,
+}
+
+#[derive(Args)]
+struct EntryArgs {
+    #[command(flatten)]
+    relays: RelayArgs,
+    /// SOCKS5 listen address (`off` to disable).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    socks: String,
+    /// HTTP proxy listen address (`off` to disable).
+    #[arg(long, default_value = "127.0.0.1:3128")]
+    http: String,
+    /// Require these proxy credentials, `USER:PASS`.
+    #[arg(long)]
+    auth: Option<String>,
+    /// An exit (npub or hex) that speaks only the legacy format (repeatable).
+    #[arg(long = "legacy-exit")]
+    legacy_exits: Vec<String>,
+    /// Speak the legacy format to every exit.
+    #[arg(long)]
+    legacy: bool,
+    /// Seconds to wait for relays and for the exit's answer.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+}
+
+fn main() {
+    let _ = dotenvy::dotenv();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(format!("cannot start the runtime: {e}")),
+    };
+    if let Err(e) = rt.block_on(run(cli.command)) {
+        fail(e);
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(1);
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Keygen { out } => {
+            let keys = keys::generate_key_file(&out)?;
+            println!("{}", npub(&keys.public_key()));
+            Ok(())
+        }
+        Command::Domain(DomainCommand::Encode {
+            key_file,
+            pubkey,
+            relays,
+        }) => {
+            let pk = match (key_file, pubkey) {
+                (Some(f), _) => keys::load_key_file(&f)?.public_key(),
+                (None, Some(p)) => {
+                    PublicKey::parse(&p).map_err(|e| format!("bad public key: {e}"))?
+                }
+                (None, None) => return Err("give --key-file or --pubkey".into()),
+            };
+            println!(
+                "{}",
+                encode_nostr_domain(&pk, &relays).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Command::Domain(DomainCommand::Decode { name }) => {
+            let addr = if name.ends_with(".nostr") || name.ends_with(".nostr.") {
+                decode_nostr_domain(&name).map_err(|e| e.to_string())?
+            } else {
+                parse_host(&name)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("`{name}` is not a .nostr, npub or nprofile name"))?
+            };
+            println!("pubkey: {}", addr.public_key.to_hex());
+            println!("npub: {}", npub(&addr.public_key));
+            for r in &addr.relays {
+                println!("relay: {r}");
+            }
+            Ok(())
+        }
+        Command::Relay { listen } => {
+            let relay = EmbeddedRelay::start(listen)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("relay: {}", relay.url());
+            println!("ready");
+            shutdown_signal().await;
+            relay.shutdown();
+            Ok(())
+        }
+        Command::Exit(args) => run_exit(args).await,
+        Command::Entry(args) => run_entry(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn run_exit(args: ExitArgs) -> Result<()> {
+    let keys = match (&args.private_key, &args.key_file) {
+        (Some(sk), _) => keys::parse_secret(sk)?,
+        (None, Some(f)) => keys::load_or_create_key_file(f)?,
+        (None, None) => return Err("give --key-file or NOSTR_PRIVATE_KEY".into()),
+    };
+    if args.relays.relays.is_empty() {
+        return Err("give at least one --relay (or NOSTR_RELAYS)".into());
+    }
+    let mut config = ExitConfig::new(args.relays.relays, keys, args.backend);
+    config.max_streams = args.max_streams;
+    let exit = ExitNode::start(config).await.map_err(|e| e.to_string())?;
+    print_exit_names(&exit);
+    println!("ready");
+    shutdown_signal().await;
+    exit.stop().await;
+    Ok(())
+}
+
+fn print_exit_names(exit: &ExitNode) {
+    println!("npub: {}", npub(&exit.public_key()));
+    println!("nprofile: {}", exit.nprofile());
+    match exit.nostr_domain() {
+        Ok(d) => println!("domain: {d}"),
+        Err(e) => println!("domain: (none: {e})"),
+    }
+}
+
+/// Parses a listen address, or `off`.
+fn listen_addr(s: &str) -> Result<Option<SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("bad listen address `{s}`: {e}"))
+}
+
+/// Parses `USER:PASS`.
+fn credentials(s: &str) -> Result<Credentials> {
+    let (u, p) = s
+        .split_once(':')
+        .ok_or_else(|| "--auth takes USER:PASS".to_string())?;
+    Ok(Credentials {
+        username: u.to_string(),
+        password: p.to_string(),
+    })
+}
+
+async fn run_entry(args: EntryArgs) -> Result<()> {
+    let mut config = EntryConfig::new(args.relays.relays);
+    config.socks_listen = listen_addr(&args.socks)?;
+    config.http_listen = listen_addr(&args.http)?;
+    config.credentials = args.auth.as_deref().map(credentials).transpose()?;
+    config.legacy_all = args.legacy;
+    config.connect_timeout = Duration::from_secs(args.connect_timeout);
+    for k in &args.legacy_exits {
+        config
+            .legacy_exits
+            .push(PublicKey::parse(k).map_err(|e| format!("bad --legacy-exit `{k}`: {e}"))?);
+    }
+    let proxy = EntryProxy::start(config).await.map_err(|e| e.to_string())?;
+    print_entry_addrs(&proxy);
+    println!("ready");
+    shutdown_signal().await;
+    proxy.stop().await;
+    Ok(())
+}
+
+fn print_entry_addrs(proxy: &EntryProxy) {
+    if let Some(a) = proxy.socks_addr() {
+        println!("socks5: {a}");
+    }
+    if let Some(a) = proxy.http_addr() {
+        println!("http: {a}");
+    }
+}
+
+fn npub(pk: &PublicKey) -> String {
+    pk.to_bech32().unwrap_or_else(|_| pk.to_hex())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    log::info!("shutting down");
+}
