@@ -228,6 +228,9 @@ impl Server {
                 return;
             }
         };
+        if engine.dialect() == crate::engine::Dialect::Legacy {
+            log::info!("stream {key}: legacy entry (CONNECT without version)");
+        }
         let link = Link {
             transport: self.transport.clone(),
             keys: self.config.keys.clone(),

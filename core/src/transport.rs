@@ -214,6 +214,18 @@ impl Transport {
         relays: &[RelayUrl],
     ) -> Result<SubscriptionId, TransportError> {
         let id = SubscriptionId::generate();
+        self.subscribe_with_id(id.clone(), filter, relays).await?;
+        Ok(id)
+    }
+
+    /// Subscribes with a chosen id; a later call with the same id replaces
+    /// the filter on the relays (NIP-01).
+    pub async fn subscribe_with_id(
+        &self,
+        id: SubscriptionId,
+        filter: Filter,
+        relays: &[RelayUrl],
+    ) -> Result<(), TransportError> {
         self.inner
             .pool
             .subscribe_with_id_to(
@@ -224,7 +236,7 @@ impl Transport {
             )
             .await
             .map_err(|e| TransportError::Pool(e.to_string()))?;
-        Ok(id)
+        Ok(())
     }
 
     /// Closes a subscription on every relay.
@@ -396,13 +408,16 @@ pub fn exit_filter(exit: &PublicKey) -> Filter {
         .since(since_now())
 }
 
-/// The filter an entry stream subscribes with: kind 28333 events from the
-/// exit, addressed to the stream's ephemeral key.
-pub fn entry_stream_filter(exit: &PublicKey, ephemeral: &PublicKey) -> Filter {
+/// The filter an entry subscribes with for its streams to one exit: kind
+/// 28333 events from the exit, addressed to any of the streams' ephemeral keys.
+pub fn entry_stream_filter(
+    exit: &PublicKey,
+    ephemeral: impl IntoIterator<Item = PublicKey>,
+) -> Filter {
     Filter::new()
         .kind(crate::protocol::stream_kind())
         .author(*exit)
-        .pubkey(*ephemeral)
+        .pubkeys(ephemeral)
         .since(since_now())
 }
 

@@ -9,9 +9,10 @@
 pub mod http;
 pub mod socks5;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nostr::{Keys, PublicKey, RelayUrl, SubscriptionId};
@@ -140,6 +141,7 @@ pub struct Entry {
     config: Arc<EntryConfig>,
     transport: Transport,
     stats: Arc<Stats>,
+    subscriptions: Arc<ExitSubscriptions>,
 }
 
 impl Entry {
@@ -152,6 +154,7 @@ impl Entry {
             config: Arc::new(config),
             transport,
             stats: Arc::new(Stats::default()),
+            subscriptions: Arc::default(),
         })
     }
 
@@ -197,10 +200,12 @@ impl Entry {
         let mut guard = RouteGuard {
             transport: self.transport.clone(),
             recipient: keys.public_key(),
-            subscription: None,
+            keys: Arc::default(),
         };
-        let filter = entry_stream_filter(&exit.public_key, &keys.public_key());
-        guard.subscription = Some(self.transport.subscribe(filter, &relays).await?);
+        guard.keys = self
+            .subscriptions
+            .add(&self.transport, exit.public_key, &relays, keys.public_key())
+            .await?;
 
         let dialect =
             if self.config.legacy_all || self.config.legacy_exits.contains(&exit.public_key) {
@@ -302,23 +307,73 @@ impl Entry {
     }
 }
 
-/// Removes a stream's route and subscription when the stream is dropped.
+/// Removes a stream's route, and its key from the shared subscription, when
+/// the stream is dropped.
 struct RouteGuard {
     transport: Transport,
     recipient: PublicKey,
-    subscription: Option<SubscriptionId>,
+    keys: Arc<Mutex<HashSet<PublicKey>>>,
 }
 
 impl Drop for RouteGuard {
     fn drop(&mut self) {
         self.transport.unroute(&self.recipient);
-        if let Some(id) = self.subscription.take() {
-            let transport = self.transport.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { transport.unsubscribe(&id).await });
-            }
-        }
+        // The relays keep the stale key until the next stream to this exit
+        // re-sends the subscription: an extra REQ per close buys nothing.
+        lock(&self.keys).remove(&self.recipient);
     }
+}
+
+/// One subscription per exit (and relay set) for the answers to all of the
+/// entry's streams to it: `authors [exit]`, `#p [every open stream's key]`.
+///
+/// Relays cap subscriptions per connection (nostr-rs-relay at 32), so one
+/// REQ per stream would fail under load; instead each new stream re-sends
+/// the exit's REQ with the same id and the current keys, which replaces the
+/// filter (NIP-01) before the stream's `CONNECT` goes out on the same
+/// connection.
+#[derive(Default)]
+struct ExitSubscriptions {
+    by_exit: tokio::sync::Mutex<HashMap<(PublicKey, Vec<RelayUrl>), ExitSubscription>>,
+}
+
+struct ExitSubscription {
+    id: SubscriptionId,
+    keys: Arc<Mutex<HashSet<PublicKey>>>,
+}
+
+impl ExitSubscriptions {
+    /// Adds `key` to the exit's subscription and re-sends it; returns the
+    /// key set the stream's guard removes itself from.
+    async fn add(
+        &self,
+        transport: &Transport,
+        exit: PublicKey,
+        relays: &[RelayUrl],
+        key: PublicKey,
+    ) -> Result<Arc<Mutex<HashSet<PublicKey>>>, TransportError> {
+        // Held across the REQ so two opens cannot send their filters out of order.
+        let mut map = self.by_exit.lock().await;
+        let sub = map
+            .entry((exit, relays.to_vec()))
+            .or_insert_with(|| ExitSubscription {
+                id: SubscriptionId::generate(),
+                keys: Arc::new(Mutex::new(HashSet::new())),
+            });
+        let filter = {
+            let mut keys = lock(&sub.keys);
+            keys.insert(key);
+            entry_stream_filter(&exit, keys.iter().copied())
+        };
+        transport
+            .subscribe_with_id(sub.id.clone(), filter, relays)
+            .await?;
+        Ok(sub.keys.clone())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An open NWS stream, ready to be joined to a local socket with

@@ -1,0 +1,139 @@
+//! Runs the real `nws` binary as child processes: `nws relay`, `nws exit`,
+//! `nws entry`. Each long-running command prints `key: value` lines and then
+//! `ready`; [`NwsProcess::spawn`] waits for that and keeps the values.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of the `nws` binary, built once per test process with the same cargo
+/// that runs the tests (so it is never stale).
+pub fn nws_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = workspace_root();
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "nws-cli", "--bin", "nws"])
+            .current_dir(&root)
+            .status()
+            .expect("cannot run cargo build for the nws binary");
+        assert!(status.success(), "cargo build -p nws-cli failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        target.join("debug").join("nws")
+    })
+    .clone()
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A running `nws` child process; killed on drop.
+pub struct NwsProcess {
+    child: Child,
+    /// The `key: value` lines it printed before `ready`.
+    pub values: HashMap<String, String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl NwsProcess {
+    /// Starts `nws <args>` and waits (at most 60 s) until it prints `ready`.
+    /// Panics with its stderr if it exits first.
+    pub async fn spawn(args: &[&str]) -> NwsProcess {
+        Self::spawn_env(args, &[]).await
+    }
+
+    /// Like [`NwsProcess::spawn`] with extra environment variables.
+    pub async fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> NwsProcess {
+        let mut cmd = Command::new(nws_bin());
+        cmd.args(args)
+            .env("RUST_LOG", "info,nws_core=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("cannot start nws");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().expect("stderr piped");
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err_pipe).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        let out = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(out).lines();
+        let mut values = HashMap::new();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l == "ready" {
+                    return true;
+                }
+                if let Some((k, v)) = l.split_once(": ") {
+                    values.insert(k.to_string(), v.to_string());
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        if !ready {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            panic!(
+                "nws {args:?} did not become ready; stderr:\n{}",
+                stderr.lock().unwrap()
+            );
+        }
+        NwsProcess {
+            child,
+            values,
+            stderr,
+        }
+    }
+
+    /// A value it printed (`relay`, `domain`, `socks5`, `http`, ...).
+    pub fn value(&self, key: &str) -> &str {
+        self.values
+            .get(key)
+            .unwrap_or_else(|| panic!("nws printed no `{key}:` line: {:?}", self.values))
+    }
+
+    /// Everything it wrote to stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for a clean exit; returns the
+    /// exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(Ok(s)) => s.code(),
+            _ => None,
+        }
+    }
+}
