@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nostr::{Event, Keys, PublicKey, RelayUrl};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,6 +26,25 @@ pub struct Stats {
     pub bytes_sent: AtomicU64,
     /// Bytes received from peers and written to local sockets.
     pub bytes_received: AtomicU64,
+}
+
+/// One stream counted in [`Stats::streams_open`] until dropped. A stream
+/// stops counting when it only lingers after closing.
+pub(crate) struct OpenSlot(Arc<Stats>);
+
+impl OpenSlot {
+    /// Counts a new open stream.
+    pub fn new(stats: Arc<Stats>) -> Self {
+        stats.streams_open.fetch_add(1, Ordering::Relaxed);
+        stats.streams_total.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Everything one stream needs to talk to its peer through relays.
@@ -91,6 +110,16 @@ impl Inbox {
     }
 }
 
+/// A stream with everything it needs to run: the engine, the way to the
+/// peer, and what must live as long as the stream (its route, say), which
+/// is dropped only after lingering.
+pub(crate) struct Conn {
+    pub engine: Stream,
+    pub link: Link,
+    pub inbox: Inbox,
+    pub keep: Box<dyn std::any::Any + Send>,
+}
+
 /// How a pumped stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum End {
@@ -105,6 +134,9 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Publishes the engine's queued messages and applies its other outputs to
 /// the local socket. Returns `Some(end)` when the stream is over.
+///
+/// A failed publish is a lost message for a version-2 stream (it is
+/// retransmitted); a legacy stream cannot recover and ends.
 async fn flush<W: AsyncWrite + Unpin>(
     engine: &mut Stream,
     link: &Link,
@@ -115,20 +147,32 @@ async fn flush<W: AsyncWrite + Unpin>(
         match out {
             Output::Publish(m) => {
                 if let Err(e) = link.send(&m).await {
+                    if engine.dialect() == Dialect::V2 {
+                        log::debug!(
+                            "stream {}: {} not published ({e}); will retry",
+                            engine.key(),
+                            m.kind
+                        );
+                        continue;
+                    }
                     log::warn!("stream {}: cannot publish {}: {e}", engine.key(), m.kind);
-                    engine.abort(ErrorReason::Other("relay-failure".into()));
-                    return Some(End::Aborted(ErrorReason::Other("relay-failure".into())));
+                    let reason = ErrorReason::Other("relay-failure".into());
+                    engine.abort(reason.clone());
+                    return Some(End::Aborted(reason));
                 }
             }
             Output::Deliver(bytes) => {
                 if let Err(e) = socket.write_all(&bytes).await {
                     log::debug!("stream {}: local write failed: {e}", engine.key());
-                    engine.abort(ErrorReason::Other("connection-reset".into()));
+                    let reason = ErrorReason::Other("connection-reset".into());
+                    engine.abort(reason.clone());
                     // Tell the peer before ending.
-                    while let Some(Output::Publish(m)) = engine.poll_output() {
-                        let _ = link.send(&m).await;
+                    while let Some(out) = engine.poll_output() {
+                        if let Output::Publish(m) = out {
+                            let _ = link.send(&m).await;
+                        }
                     }
-                    return Some(End::Aborted(ErrorReason::Other("connection-reset".into())));
+                    return Some(End::Aborted(reason));
                 }
                 stats
                     .bytes_received
@@ -146,71 +190,167 @@ async fn flush<W: AsyncWrite + Unpin>(
     None
 }
 
-/// Runs an open stream until it ends: local bytes go to the peer, the peer's
-/// bytes to the local socket, end of file becomes `CLOSE`, and an idle stream
-/// (nothing either way for `idle_timeout`) is aborted.
+/// Publishes the engine's messages until it reports the open result
+/// (entry side, or an exit's early refusal). Waits at most until `deadline`.
+pub(crate) async fn wait_open(
+    engine: &mut Stream,
+    link: &Link,
+    inbox: &mut Inbox,
+    deadline: tokio::time::Instant,
+) -> Result<(), Option<ErrorReason>> {
+    loop {
+        while let Some(out) = engine.poll_output() {
+            match out {
+                Output::Publish(m) => {
+                    if let Err(e) = link.send(&m).await {
+                        log::debug!("stream {}: {} not published: {e}", engine.key(), m.kind);
+                    }
+                }
+                Output::Opened => return Ok(()),
+                Output::Refused(r) | Output::Aborted(r) => return Err(Some(r)),
+                Output::Deliver(_) | Output::PeerFinished => {}
+            }
+        }
+        let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            m = inbox.next() => match m {
+                Some(m) => {
+                    if let Err(e) = engine.handle_message(m, Instant::now()) {
+                        log::debug!("{e}");
+                    }
+                }
+                None => return Err(Some(ErrorReason::Other("route-closed".into()))),
+            },
+            _ = sleep_until_opt(timer) => engine.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline) => return Err(None),
+        }
+    }
+}
+
+/// Sleeps until `t`, or forever when there is no timer.
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs an open stream until it ends: local bytes go to the peer as far as
+/// the engine takes them (a full window stops reading the socket), the
+/// peer's bytes go to the local socket, end of file becomes `CLOSE`, timers
+/// drive retransmission, and a stream with no event at all for
+/// `idle_timeout` is aborted.
 ///
 /// `first` are bytes to send before reading the socket (an HTTP request head
 /// already read by the proxy, for instance).
 pub(crate) async fn pump<S>(
-    mut engine: Stream,
-    link: Link,
-    mut inbox: Inbox,
+    conn: Conn,
     socket: S,
     first: Vec<u8>,
     idle_timeout: Duration,
-    stats: Arc<Stats>,
+    slot: OpenSlot,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Conn {
+        mut engine,
+        link,
+        mut inbox,
+        keep,
+    } = conn;
+    let stats = slot.0.clone();
     let (mut rd, mut wr) = tokio::io::split(socket);
     let mut buf = vec![0u8; READ_CHUNK];
+    stats
+        .bytes_sent
+        .fetch_add(first.len() as u64, Ordering::Relaxed);
+    // Bytes read from the socket that the engine has not taken yet.
+    let mut pending = first;
     let mut local_eof = false;
-    if !first.is_empty() {
-        stats
-            .bytes_sent
-            .fetch_add(first.len() as u64, Ordering::Relaxed);
-        let _ = engine.write(&first);
-    }
     loop {
+        let now = Instant::now();
+        if !pending.is_empty() && engine.send_capacity() > 0 {
+            match engine.write(&pending, now) {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(_) => pending.clear(),
+            }
+        }
+        if local_eof && pending.is_empty() && !engine.is_finished() {
+            engine.finish(now);
+        }
         if let Some(end) = flush(&mut engine, &link, &mut wr, &stats).await {
             return end;
         }
         if engine.is_closed() {
             return End::Closed;
         }
+        if engine.is_lingering() {
+            // Done for the local side: release the socket and the caller, and
+            // acknowledge the peer's last retransmissions in the background.
+            drop((rd, wr, slot));
+            tokio::spawn(async move {
+                linger(engine, link, inbox).await;
+                drop(keep);
+            });
+            return End::Closed;
+        }
         if local_eof && engine.dialect() == Dialect::Legacy {
             // A legacy peer has no close message: the local side ending is the end.
             return End::Closed;
         }
+        let can_read = !local_eof && pending.is_empty() && engine.send_capacity() > 0;
+        let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            r = rd.read(&mut buf), if !local_eof => match r {
-                Ok(0) | Err(_) => {
-                    local_eof = true;
-                    engine.finish();
-                }
+            r = rd.read(&mut buf), if can_read => match r {
+                Ok(0) | Err(_) => local_eof = true,
                 Ok(n) => {
                     stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                    if engine.write(&buf[..n]).is_err() {
-                        local_eof = true;
-                    }
+                    pending.extend_from_slice(&buf[..n]);
                 }
             },
             m = inbox.next() => match m {
                 Some(m) => {
-                    if let Err(e) = engine.handle_message(m) {
+                    if let Err(e) = engine.handle_message(m, Instant::now()) {
                         log::warn!("stream {}: {e}", engine.key());
                     }
                 }
                 None => return End::Aborted(ErrorReason::Other("route-closed".into())),
             },
+            _ = sleep_until_opt(timer) => engine.handle_timeout(Instant::now()),
             _ = tokio::time::sleep(idle_timeout) => {
                 log::info!("stream {}: idle for {idle_timeout:?}, aborting", engine.key());
                 engine.abort(ErrorReason::Timeout);
                 let _ = flush(&mut engine, &link, &mut wr, &stats).await;
                 return End::Aborted(ErrorReason::Timeout);
             }
+        }
+    }
+}
+
+/// Keeps a finished stream (socket closed, no longer counted as open) until
+/// it has acknowledged the peer's last retransmissions.
+async fn linger(mut engine: Stream, link: Link, mut inbox: Inbox) {
+    loop {
+        while let Some(out) = engine.poll_output() {
+            if let Output::Publish(m) = out {
+                let _ = link.send(&m).await;
+            }
+        }
+        if engine.is_closed() {
+            return;
+        }
+        let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            m = inbox.next() => match m {
+                Some(m) => {
+                    let _ = engine.handle_message(m, Instant::now());
+                }
+                None => return,
+            },
+            _ = sleep_until_opt(timer) => engine.handle_timeout(Instant::now()),
         }
     }
 }

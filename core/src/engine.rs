@@ -1,49 +1,86 @@
-//! The sans-IO stream engine: one NWS stream's state machine, with no I/O and
-//! no async inside (the shape of `quinn-proto`).
+//! The sans-IO stream engine: one NWS stream's state machine, with no I/O,
+//! no clock and no async inside (the shape of `quinn-proto`).
 //!
-//! The driver feeds it what happened — a message arrived
-//! ([`Stream::handle_message`]), the local socket produced bytes
-//! ([`Stream::write`]) or reached end of file ([`Stream::finish`]), the exit's
-//! backend dial finished ([`Stream::backend_connected`],
-//! [`Stream::backend_failed`]) — and drains [`Output`]s with
-//! [`Stream::poll_output`]: messages to publish, bytes to deliver in order,
-//! and the stream's open/close results.
+//! The driver feeds it what happened, with the current time — a message
+//! arrived ([`Stream::handle_message`]), the local socket produced bytes
+//! ([`Stream::write`]) or reached end of file ([`Stream::finish`]), a timer
+//! expired ([`Stream::handle_timeout`]), the exit's backend dial finished
+//! ([`Stream::backend_connected`], [`Stream::backend_failed`]) — and drains
+//! [`Output`]s with [`Stream::poll_output`]: messages to publish, bytes to
+//! deliver in order, and the stream's open and close results. It arms its
+//! next timer through [`Stream::poll_timeout`].
 //!
-//! Between two peers of ours the stream speaks version 2 (PROTOCOL.md part
-//! 2): `CONNECT` carries `version`, the exit answers `CONNECTED` or `ERROR`,
-//! every `DATA` and `CLOSE` carries a per-direction `seq` and the receiver
-//! reorders through a bounded buffer, and `CLOSE` half-closes like TCP FIN.
+//! Between two peers of ours the stream speaks version 2 (`docs/PROTOCOL.md`):
+//! `seq` is the byte offset of a message's data (TCP style, so a message can
+//! be split smaller when it is retransmitted), `ack` the next offset the
+//! sender of the message expects, `window` how many bytes past `ack` it will
+//! accept. Lost, duplicated and reordered messages cost latency, never bytes:
+//! unacknowledged data is retransmitted after a timeout that follows the
+//! measured round trip (RFC 6298) or at once on a gap report, the receiver
+//! reorders through a bounded buffer, and `CLOSE` is a reliable half-close
+//! that occupies one offset like a TCP FIN.
+//!
 //! With a legacy peer it speaks the reference format: `SOCKS5RESPONSE` data
-//! without sequence numbers, delivered in arrival order, and no close.
+//! without sequence numbers, delivered in arrival order, never retransmitted
+//! (the peer would see duplicates), and no close.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::protocol::{ErrorReason, Message, MessageType, PROTOCOL_VERSION};
 
 /// Which format a stream speaks with its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// Version 2: sequence numbers, open result and close (PROTOCOL.md part 2).
+    /// Version 2: offsets, acknowledgements, open result and close.
     V2,
     /// The reference implementation's format (PROTOCOL.md part 1).
     Legacy,
 }
 
-/// Limits of one stream.
+/// Limits and timings of one stream.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     /// Largest number of stream bytes in one message, in bytes.
-    pub max_data_per_message: usize,
-    /// How many messages past the next expected `seq` the receiver buffers;
-    /// a message further ahead is a protocol error.
-    pub reorder_window: u64,
+    pub max_segment: usize,
+    /// Smallest segment the engine shrinks to when large messages keep
+    /// getting lost (a relay that silently drops events above its size
+    /// limit), in bytes.
+    pub min_segment: usize,
+    /// Receive window advertised to the peer: bytes past the acknowledged
+    /// offset the peer may send. Also bounds the reorder buffer.
+    pub window: u64,
+    /// Bytes the local side may queue beyond what is in flight, in bytes.
+    pub send_buffer: usize,
+    /// Longest an acknowledgement waits to ride on data or be combined.
+    pub ack_delay: Duration,
+    /// Longest a small write waits to be combined with more while earlier
+    /// data is unacknowledged (Nagle's rule, bounded).
+    pub coalesce_delay: Duration,
+    /// Retransmission timeout before the first round trip is measured.
+    pub initial_rto: Duration,
+    /// Lower bound of the retransmission timeout.
+    pub min_rto: Duration,
+    /// Upper bound of the retransmission timeout.
+    pub max_rto: Duration,
+    /// Abort with `timeout` after this long without progress while data is
+    /// outstanding (a peer that never acknowledges).
+    pub give_up_after: Duration,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         Self {
-            max_data_per_message: crate::protocol::DEFAULT_MAX_DATA_PER_EVENT,
-            reorder_window: 4096,
+            max_segment: crate::protocol::DEFAULT_MAX_DATA_PER_EVENT,
+            min_segment: 1024,
+            window: 512 * 1024,
+            send_buffer: 256 * 1024,
+            ack_delay: Duration::from_millis(20),
+            coalesce_delay: Duration::from_millis(2),
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(8),
+            give_up_after: Duration::from_secs(60),
         }
     }
 }
@@ -61,7 +98,7 @@ pub enum Output {
     Deliver(Vec<u8>),
     /// The peer sent its last byte (half-close): shut down the local write side.
     PeerFinished,
-    /// The stream was aborted (by the peer, or by a protocol error here).
+    /// The stream was aborted (by the peer, or here: protocol error, timeout).
     Aborted(ErrorReason),
 }
 
@@ -79,7 +116,7 @@ pub enum EngineError {
         /// The message's key.
         got: String,
     },
-    /// The local side wrote after it finished, or the stream is over.
+    /// The local side wrote after it finished, or the stream is not open.
     #[error("the stream is closed for writing")]
     WriteClosed,
 }
@@ -89,32 +126,119 @@ pub enum EngineError {
 enum State {
     /// Entry: `CONNECT` sent, no answer yet. Exit: backend dial under way.
     Connecting,
-    /// Data flows (each direction may still finish on its own).
+    /// Data flows (each direction may finish on its own).
     Open,
-    /// Refused, aborted, or both directions finished.
+    /// Both directions are finished and acknowledged; the stream lingers
+    /// until the deadline to acknowledge a retransmitted `CLOSE` once more.
+    Lingering(Instant),
+    /// Over: refused, aborted, or lingered out.
     Closed,
 }
 
-/// One item of the receive sequence space.
-#[derive(Debug)]
-enum Item {
-    Data(Vec<u8>),
-    Finish,
-}
-
-/// Receive side of a version-2 stream: delivers items in `seq` order once.
-#[derive(Debug, Default)]
-struct Reassembler {
-    next: u64,
-    pending: BTreeMap<u64, Item>,
-    finished: bool,
-}
-
-/// Whether a message has the entry or the exit side of a stream.
+/// Whether this is the entry or the exit side of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Entry,
     Exit,
+}
+
+/// A message in flight: data at `offset`, or the `CLOSE` (one offset unit).
+#[derive(Debug, Clone)]
+struct Segment {
+    offset: u64,
+    data: Vec<u8>,
+    fin: bool,
+    sent_at: Instant,
+    retransmitted: bool,
+}
+
+impl Segment {
+    /// Offsets this segment occupies.
+    fn len(&self) -> u64 {
+        self.data.len() as u64 + u64::from(self.fin)
+    }
+    fn end(&self) -> u64 {
+        self.offset + self.len()
+    }
+}
+
+/// Round-trip estimate and retransmission timeout (RFC 6298).
+#[derive(Debug, Clone)]
+struct Rtt {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    rto: Duration,
+}
+
+impl Rtt {
+    fn new(initial: Duration) -> Self {
+        Self {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto: initial,
+        }
+    }
+
+    fn sample(&mut self, r: Duration, cfg: &StreamConfig) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let diff = s.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+        let srtt = self.srtt.unwrap_or(r);
+        self.rto = (srtt + (self.rttvar * 4).max(Duration::from_millis(10)))
+            .clamp(cfg.min_rto, cfg.max_rto);
+    }
+}
+
+/// Send direction of a version-2 stream.
+#[derive(Debug)]
+struct Send {
+    /// Bytes written locally and not yet put into a message.
+    unsent: VecDeque<u8>,
+    /// When the oldest unsent byte was written (for coalescing).
+    unsent_since: Option<Instant>,
+    /// Offset of the next new byte.
+    next_offset: u64,
+    /// Lowest unacknowledged offset.
+    acked: u64,
+    in_flight: VecDeque<Segment>,
+    peer_window: u64,
+    fin_queued: bool,
+    fin_sent: bool,
+    dup_acks: u32,
+    /// While repairing losses: the send offset when recovery began.
+    recovery_until: Option<u64>,
+    rtt: Rtt,
+    /// Consecutive timeouts without progress (exponential backoff).
+    backoff: u32,
+    rto_deadline: Option<Instant>,
+    /// When acknowledgements last made progress (for giving up).
+    progress_at: Instant,
+    max_segment: usize,
+}
+
+/// Receive direction of a version-2 stream.
+#[derive(Debug, Default)]
+struct Recv {
+    /// Next offset to deliver.
+    next: u64,
+    /// Out-of-order data by offset.
+    pending: BTreeMap<u64, Vec<u8>>,
+    pending_bytes: usize,
+    /// Offset of the peer's `CLOSE`, once known.
+    fin_at: Option<u64>,
+    finished: bool,
+    /// Bytes delivered since the last acknowledgement went out.
+    unacked_bytes: u64,
+    ack_deadline: Option<Instant>,
+    ack_now: bool,
 }
 
 /// One NWS stream's state machine. See the module documentation.
@@ -127,24 +251,36 @@ pub struct Stream {
     state: State,
     config: StreamConfig,
     destination: String,
-    next_send_seq: u64,
-    send_finished: bool,
-    recv: Reassembler,
+    send: Send,
+    recv: Recv,
+    /// The `CONNECT` as sent, retransmitted until the exit answers (entry, v2).
+    connect: Option<Message>,
+    connect_deadline: Option<Instant>,
     out: VecDeque<Output>,
 }
 
 impl Stream {
-    /// Entry side: opens a stream to `destination` (`host:port`).
+    /// Entry side: opens a stream to `destination` (`host:port`) at `now`.
     ///
     /// Queues the `CONNECT`. With [`Dialect::V2`] the stream opens when the
-    /// exit answers `CONNECTED`; with [`Dialect::Legacy`] there is no answer
-    /// and the stream counts as open at once.
-    pub fn open(config: StreamConfig, key: String, destination: String, dialect: Dialect) -> Self {
-        let mut s = Self::new(config, key, Side::Entry, dialect, destination.clone());
+    /// exit answers `CONNECTED` (the `CONNECT` is retransmitted until then);
+    /// with [`Dialect::Legacy`] there is no answer and the stream counts as
+    /// open at once.
+    pub fn open(
+        config: StreamConfig,
+        key: String,
+        destination: String,
+        dialect: Dialect,
+        now: Instant,
+    ) -> Self {
+        let mut s = Self::new(config, key, Side::Entry, dialect, destination.clone(), now);
         let mut connect = Message::new(s.key.clone(), MessageType::Connect);
         connect.destination = destination;
         if dialect == Dialect::V2 {
             connect.version = Some(PROTOCOL_VERSION);
+            connect.window = Some(s.config.window);
+            s.connect = Some(connect.clone());
+            s.connect_deadline = Some(now + s.send.rtt.rto);
         }
         s.out.push_back(Output::Publish(connect));
         if dialect == Dialect::Legacy {
@@ -154,13 +290,17 @@ impl Stream {
         s
     }
 
-    /// Exit side: accepts a stream from a `CONNECT` message.
+    /// Exit side: accepts a stream from a `CONNECT` message at `now`.
     ///
     /// The dialect follows the entry: `version` ≥ 2 means v2, none means
     /// legacy. Bytes that ride in the `CONNECT` are delivered first. The driver
     /// then dials and calls [`Stream::backend_connected`] or
     /// [`Stream::backend_failed`].
-    pub fn accept(config: StreamConfig, connect: Message) -> Result<Self, EngineError> {
+    pub fn accept(
+        config: StreamConfig,
+        connect: Message,
+        now: Instant,
+    ) -> Result<Self, EngineError> {
         if connect.kind != MessageType::Connect {
             return Err(EngineError::NotConnect(connect.kind.to_string()));
         }
@@ -170,13 +310,20 @@ impl Stream {
         };
         let mut s = Self::new(
             config,
-            connect.key,
+            connect.key.clone(),
             Side::Exit,
             dialect,
-            connect.destination,
+            connect.destination.clone(),
+            now,
         );
+        if let Some(w) = connect.window {
+            s.send.peer_window = w;
+        }
         if !connect.data.is_empty() {
-            s.out.push_back(Output::Deliver(connect.data));
+            match dialect {
+                Dialect::V2 => s.on_data(connect.seq.unwrap_or(0), connect.data, now),
+                Dialect::Legacy => s.out.push_back(Output::Deliver(connect.data)),
+            }
         }
         Ok(s)
     }
@@ -187,7 +334,25 @@ impl Stream {
         side: Side,
         dialect: Dialect,
         destination: String,
+        now: Instant,
     ) -> Self {
+        let send = Send {
+            unsent: VecDeque::new(),
+            unsent_since: None,
+            next_offset: 0,
+            acked: 0,
+            in_flight: VecDeque::new(),
+            peer_window: config.window,
+            fin_queued: false,
+            fin_sent: false,
+            dup_acks: 0,
+            recovery_until: None,
+            rtt: Rtt::new(config.initial_rto),
+            backoff: 0,
+            rto_deadline: None,
+            progress_at: now,
+            max_segment: config.max_segment.max(1),
+        };
         Self {
             key,
             side,
@@ -195,9 +360,10 @@ impl Stream {
             state: State::Connecting,
             config,
             destination,
-            next_send_seq: 0,
-            send_finished: false,
-            recv: Reassembler::default(),
+            send,
+            recv: Recv::default(),
+            connect: None,
+            connect_deadline: None,
             out: VecDeque::new(),
         }
     }
@@ -223,7 +389,7 @@ impl Stream {
     }
 
     /// Whether the stream is over: refused, aborted, or both directions
-    /// finished. The driver then releases it.
+    /// finished and acknowledged. The driver then releases it.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
@@ -233,18 +399,58 @@ impl Stream {
         self.recv.finished
     }
 
+    /// Whether the local side has finished writing.
+    pub fn is_finished(&self) -> bool {
+        self.send.fin_queued
+    }
+
+    /// How many more bytes [`Stream::write`] accepts now. Zero while the
+    /// peer's window and the send buffer are full: the driver then stops
+    /// reading its socket, which is how a slow reader slows the writer.
+    pub fn send_capacity(&self) -> usize {
+        if self.state != State::Open || self.send.fin_queued {
+            return 0;
+        }
+        if self.dialect == Dialect::Legacy {
+            return self.config.send_buffer;
+        }
+        let in_flight: usize = self.send.in_flight.iter().map(|s| s.data.len()).sum();
+        let window = usize::try_from(self.send.peer_window).unwrap_or(usize::MAX);
+        let limit = self
+            .config
+            .send_buffer
+            .saturating_add(window.min(self.config.window as usize));
+        limit.saturating_sub(in_flight + self.send.unsent.len())
+    }
+
+    /// Bytes the engine holds for this stream (unsent, in flight and
+    /// out-of-order received), for accounting.
+    pub fn buffered_bytes(&self) -> usize {
+        let in_flight: usize = self.send.in_flight.iter().map(|s| s.data.len()).sum();
+        in_flight + self.send.unsent.len() + self.recv.pending_bytes
+    }
+
     /// Exit side: the backend accepted the connection. Answers `CONNECTED` (v2).
-    pub fn backend_connected(&mut self) {
+    pub fn backend_connected(&mut self, now: Instant) {
         if self.side != Side::Exit || self.state != State::Connecting {
             return;
         }
         self.state = State::Open;
         if self.dialect == Dialect::V2 {
-            let mut m = Message::new(self.key.clone(), MessageType::Connected);
-            m.version = Some(PROTOCOL_VERSION);
-            self.out.push_back(Output::Publish(m));
+            self.send_connected();
         }
         self.out.push_back(Output::Opened);
+        // Bytes that rode in the CONNECT wait until now.
+        self.drain_in_order(now);
+        self.transmit(now);
+    }
+
+    fn send_connected(&mut self) {
+        let mut m = Message::new(self.key.clone(), MessageType::Connected);
+        m.version = Some(PROTOCOL_VERSION);
+        m.ack = Some(self.recv.next);
+        m.window = Some(self.config.window);
+        self.out.push_back(Output::Publish(m));
     }
 
     /// Exit side: the backend could not be reached. Answers `ERROR` (v2; a
@@ -256,45 +462,44 @@ impl Stream {
         self.abort(reason);
     }
 
-    /// Queues local bytes for the peer, split into messages of at most
-    /// `max_data_per_message` bytes. Writing nothing is a no-op.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
-        if self.state != State::Open || self.send_finished {
+    /// Queues local bytes for the peer; returns how many were taken (at most
+    /// [`Stream::send_capacity`]).
+    pub fn write(&mut self, bytes: &[u8], now: Instant) -> Result<usize, EngineError> {
+        if self.state != State::Open || self.send.fin_queued {
             return Err(EngineError::WriteClosed);
         }
-        for chunk in bytes.chunks(self.config.max_data_per_message.max(1)) {
-            let mut msg = match self.dialect {
-                Dialect::V2 => {
-                    let mut m = Message::new(self.key.clone(), MessageType::Data);
-                    m.seq = Some(self.take_seq());
-                    m
-                }
-                Dialect::Legacy => {
-                    let mut m = Message::new(self.key.clone(), MessageType::Socks5Response);
-                    // The reference fills the destination on data messages too.
-                    m.destination = self.destination.clone();
-                    m
-                }
-            };
-            msg.data = chunk.to_vec();
-            self.out.push_back(Output::Publish(msg));
+        if self.dialect == Dialect::Legacy {
+            for chunk in bytes.chunks(self.send.max_segment) {
+                let mut m = Message::new(self.key.clone(), MessageType::Socks5Response);
+                // The reference fills the destination on data messages too.
+                m.destination = self.destination.clone();
+                m.data = chunk.to_vec();
+                self.out.push_back(Output::Publish(m));
+            }
+            return Ok(bytes.len());
         }
-        Ok(())
+        let n = bytes.len().min(self.send_capacity());
+        if n > 0 {
+            if self.send.unsent.is_empty() {
+                self.send.unsent_since = Some(now);
+            }
+            self.send.unsent.extend(&bytes[..n]);
+            self.transmit(now);
+        }
+        Ok(n)
     }
 
-    /// The local side sent its last byte (half-close): queues `CLOSE` with
-    /// the final `seq` (v2). A legacy stream has no close message.
-    pub fn finish(&mut self) {
-        if self.send_finished || self.state == State::Closed {
+    /// The local side sent its last byte (half-close): queues `CLOSE` after
+    /// the data (v2). A legacy stream has no close message.
+    pub fn finish(&mut self, now: Instant) {
+        if self.send.fin_queued || matches!(self.state, State::Closed | State::Lingering(_)) {
             return;
         }
-        self.send_finished = true;
+        self.send.fin_queued = true;
         if self.dialect == Dialect::V2 {
-            let mut m = Message::new(self.key.clone(), MessageType::Close);
-            m.seq = Some(self.take_seq());
-            self.out.push_back(Output::Publish(m));
+            self.transmit(now);
         }
-        self.check_done();
+        self.check_done(now);
     }
 
     /// Aborts the stream, like a TCP reset: queues `ERROR` with `reason` (v2).
@@ -310,13 +515,24 @@ impl Stream {
         self.state = State::Closed;
     }
 
-    /// Feeds one message from the peer.
+    /// Lowers the largest segment (a relay said the event was too large).
+    /// Data already in flight is split smaller when it is retransmitted.
+    pub fn set_max_segment(&mut self, bytes: usize) {
+        self.send.max_segment = bytes.clamp(1, self.config.max_segment.max(1));
+    }
+
+    /// The largest segment now in use, in bytes.
+    pub fn max_segment(&self) -> usize {
+        self.send.max_segment
+    }
+
+    /// Feeds one message from the peer, received at `now`.
     ///
-    /// Duplicates are dropped; out-of-order v2 messages wait in the reorder
-    /// buffer; a message too far ahead, or data after the peer's `CLOSE`,
-    /// aborts the stream with [`ErrorReason::ProtocolError`]. Unknown types
-    /// are ignored.
-    pub fn handle_message(&mut self, msg: Message) -> Result<(), EngineError> {
+    /// Duplicates are dropped; out-of-order data waits in the reorder buffer;
+    /// data beyond the window is dropped (the peer retransmits it); data
+    /// after the peer's `CLOSE` aborts the stream with
+    /// [`ErrorReason::ProtocolError`]. Unknown types are ignored.
+    pub fn handle_message(&mut self, msg: Message, now: Instant) -> Result<(), EngineError> {
         if msg.key != self.key {
             return Err(EngineError::WrongStream {
                 expected: self.key.clone(),
@@ -326,19 +542,136 @@ impl Stream {
         if self.state == State::Closed {
             return Ok(());
         }
+        if let State::Lingering(_) = self.state {
+            // The peer is still talking (its acknowledgement of our CLOSE, or
+            // a retransmission): stay until it has been quiet for a while.
+            self.state = State::Lingering(now + self.linger());
+        }
+        if self.dialect == Dialect::Legacy {
+            if msg.kind.is_data() {
+                self.deliver(msg.data);
+            }
+            return Ok(());
+        }
         match msg.kind {
-            MessageType::Connected => self.on_connected(),
-            MessageType::Error => self.on_error(msg.reason.as_deref().unwrap_or("")),
-            MessageType::Data | MessageType::Socks5Response => self.on_data(msg.seq, msg.data),
-            MessageType::Close => match msg.seq {
-                Some(seq) if self.dialect == Dialect::V2 => self.on_item(seq, Item::Finish),
-                _ => log::debug!("stream {}: CLOSE without seq ignored", self.key),
-            },
-            MessageType::Connect | MessageType::ConnectReverse | MessageType::Unknown(_) => {
+            MessageType::Connected => self.on_connected(now),
+            MessageType::Error => {
+                self.on_error(msg.reason.as_deref().unwrap_or(""));
+                return Ok(());
+            }
+            MessageType::Connect => {
+                // The entry did not hear our answer: say it again.
+                if self.side == Side::Exit && self.state != State::Connecting {
+                    self.send_connected();
+                }
+            }
+            MessageType::Data | MessageType::Socks5Response => {
+                if msg.seq.is_none() && self.side == Side::Entry && self.state == State::Connecting
+                {
+                    // Plain data instead of an answer: the exit speaks legacy.
+                    log::info!("stream {}: exit answered in the legacy format", self.key);
+                    self.dialect = Dialect::Legacy;
+                    self.connect = None;
+                    self.connect_deadline = None;
+                    self.state = State::Open;
+                    self.out.push_back(Output::Opened);
+                    self.deliver(msg.data);
+                    return Ok(());
+                }
+            }
+            MessageType::Close | MessageType::Ack => {}
+            MessageType::ConnectReverse | MessageType::Unknown(_) => {
                 log::debug!("stream {}: {} ignored", self.key, msg.kind);
+                return Ok(());
             }
         }
+        if msg.kind.is_data() || msg.kind == MessageType::Close || msg.kind == MessageType::Ack {
+            // Data from a v2 exit proves the stream open even if CONNECTED was lost.
+            if self.state == State::Connecting && self.side == Side::Entry && msg.seq.is_some() {
+                self.on_connected(now);
+            }
+        }
+        if let Some(ack) = msg.ack {
+            self.on_ack(ack, msg.window, msg.kind == MessageType::Ack, now);
+        }
+        match msg.kind {
+            MessageType::Data | MessageType::Socks5Response => match msg.seq {
+                Some(seq) => self.on_data(seq, msg.data, now),
+                None => {
+                    log::warn!("stream {}: data without seq on a v2 stream", self.key);
+                    self.protocol_error();
+                }
+            },
+            MessageType::Close => match msg.seq {
+                Some(seq) => self.on_fin(seq, now),
+                None => log::debug!("stream {}: CLOSE without seq ignored", self.key),
+            },
+            _ => {}
+        }
+        self.transmit(now);
         Ok(())
+    }
+
+    /// When the engine next needs [`Stream::handle_timeout`], if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed || self.dialect == Dialect::Legacy {
+            return None;
+        }
+        if let State::Lingering(t) = self.state {
+            return Some(t);
+        }
+        let coalesce = if self.send.unsent.is_empty() || !self.can_send_more() {
+            None
+        } else {
+            self.send
+                .unsent_since
+                .map(|t| t + self.config.coalesce_delay)
+        };
+        [
+            self.send.rto_deadline,
+            self.recv.ack_deadline,
+            self.connect_deadline,
+            coalesce,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Handles every timer that expired at or before `now`: retransmission,
+    /// delayed acknowledgement, coalesced data, lingering.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.dialect == Dialect::Legacy {
+            return;
+        }
+        if let State::Lingering(t) = self.state {
+            if now >= t {
+                self.state = State::Closed;
+            }
+            return;
+        }
+        if self.state == State::Closed {
+            return;
+        }
+        if let Some(t) = self.connect_deadline {
+            if now >= t {
+                self.retransmit_connect(now);
+            }
+        }
+        if let Some(t) = self.send.rto_deadline {
+            if now >= t {
+                self.on_rto(now);
+                if self.state == State::Closed {
+                    return;
+                }
+            }
+        }
+        if let Some(t) = self.recv.ack_deadline {
+            if now >= t {
+                self.recv.ack_now = true;
+            }
+        }
+        self.transmit_inner(now, true);
     }
 
     /// Next output for the driver, or `None` when there is nothing to do.
@@ -346,19 +679,29 @@ impl Stream {
         self.out.pop_front()
     }
 
-    fn take_seq(&mut self) -> u64 {
-        let s = self.next_send_seq;
-        self.next_send_seq += 1;
-        s
-    }
+    // ---- open ---------------------------------------------------------------
 
-    fn on_connected(&mut self) {
+    fn on_connected(&mut self, now: Instant) {
         if self.side == Side::Entry && self.state == State::Connecting {
             self.state = State::Open;
+            self.connect = None;
+            self.connect_deadline = None;
+            self.send.backoff = 0;
             self.out.push_back(Output::Opened);
-            // Data that overtook the answer waits in the reassembler.
-            self.drain_in_order();
+            // Data that overtook the answer waits in the reorder buffer.
+            self.drain_in_order(now);
         }
+    }
+
+    fn retransmit_connect(&mut self, now: Instant) {
+        let Some(connect) = self.connect.clone() else {
+            self.connect_deadline = None;
+            return;
+        };
+        self.send.backoff += 1;
+        let rto = self.backed_off_rto();
+        self.connect_deadline = Some(now + rto);
+        self.out.push_back(Output::Publish(connect));
     }
 
     fn on_error(&mut self, code: &str) {
@@ -373,24 +716,7 @@ impl Stream {
             });
     }
 
-    fn on_data(&mut self, seq: Option<u64>, data: Vec<u8>) {
-        match (self.dialect, seq) {
-            (Dialect::V2, Some(seq)) => self.on_item(seq, Item::Data(data)),
-            (Dialect::V2, None) if self.side == Side::Entry && self.state == State::Connecting => {
-                // Plain data instead of an answer: the exit speaks legacy.
-                log::info!("stream {}: exit answered in the legacy format", self.key);
-                self.dialect = Dialect::Legacy;
-                self.state = State::Open;
-                self.out.push_back(Output::Opened);
-                self.deliver(data);
-            }
-            (Dialect::V2, None) => {
-                log::warn!("stream {}: data without seq on a v2 stream", self.key);
-                self.protocol_error();
-            }
-            (Dialect::Legacy, _) => self.deliver(data),
-        }
-    }
+    // ---- receive ------------------------------------------------------------
 
     fn deliver(&mut self, data: Vec<u8>) {
         if !data.is_empty() && !self.recv.finished {
@@ -398,46 +724,385 @@ impl Stream {
         }
     }
 
-    fn on_item(&mut self, seq: u64, item: Item) {
-        let r = &mut self.recv;
-        if seq < r.next || r.pending.contains_key(&seq) {
-            return; // duplicate (another relay, or a replay)
-        }
-        if seq - r.next >= self.config.reorder_window {
-            log::warn!(
-                "stream {}: seq {seq} is beyond the reorder window (next {})",
-                self.key,
-                r.next
-            );
-            self.protocol_error();
-            return;
-        }
-        if let Some((&fin, _)) = r.pending.iter().find(|(_, i)| matches!(i, Item::Finish)) {
-            if seq > fin || matches!(item, Item::Finish) {
+    fn on_data(&mut self, seq: u64, data: Vec<u8>, now: Instant) {
+        let end = seq.saturating_add(data.len() as u64);
+        if let Some(fin) = self.recv.fin_at {
+            if end > fin {
+                log::warn!("stream {}: data past the peer's CLOSE", self.key);
                 self.protocol_error();
                 return;
             }
         }
-        r.pending.insert(seq, item);
-        if self.state == State::Open {
-            self.drain_in_order();
+        if data.is_empty() {
+            return;
+        }
+        let window = self.config.window;
+        let connecting = self.state == State::Connecting;
+        let r = &mut self.recv;
+        if end <= r.next {
+            // A retransmission of what we have: our acknowledgement was lost.
+            r.ack_now = true;
+            return;
+        }
+        if end > r.next.saturating_add(window) {
+            log::debug!(
+                "stream {}: data at {seq}..{end} beyond the window (next {}): dropped",
+                self.key,
+                r.next
+            );
+            r.ack_now = true;
+            return;
+        }
+        if seq > r.next || connecting {
+            // Keep it (bounded by twice the window) until the gap is filled
+            // or the stream opens; a gap is reported at once.
+            let bound = usize::try_from(window.saturating_mul(2)).unwrap_or(usize::MAX);
+            if !r.pending.contains_key(&seq) && r.pending_bytes + data.len() <= bound {
+                r.pending_bytes += data.len();
+                r.pending.insert(seq, data);
+            }
+            if seq > r.next {
+                r.ack_now = true;
+            }
+            return;
+        }
+        let fresh = data[(r.next - seq) as usize..].to_vec();
+        r.next = end;
+        r.unacked_bytes += fresh.len() as u64;
+        self.deliver(fresh);
+        self.drain_in_order(now);
+    }
+
+    /// Delivers buffered data that has become contiguous, then the peer's
+    /// `CLOSE` if it is next, and schedules the acknowledgement.
+    fn drain_in_order(&mut self, now: Instant) {
+        if self.state == State::Connecting {
+            return;
+        }
+        loop {
+            let r = &mut self.recv;
+            let Some((&off, _)) = r.pending.iter().next() else {
+                break;
+            };
+            if off > r.next {
+                break;
+            }
+            let data = r.pending.remove(&off).unwrap_or_default();
+            r.pending_bytes -= data.len();
+            let end = off + data.len() as u64;
+            if end <= r.next {
+                continue;
+            }
+            let fresh = data[(r.next - off) as usize..].to_vec();
+            r.next = end;
+            r.unacked_bytes += fresh.len() as u64;
+            self.deliver(fresh);
+        }
+        if self.recv.fin_at == Some(self.recv.next) && !self.recv.finished {
+            self.recv.finished = true;
+            self.recv.next += 1;
+            self.recv.pending.clear();
+            self.recv.pending_bytes = 0;
+            self.recv.ack_now = true;
+            self.out.push_back(Output::PeerFinished);
+            self.check_done(now);
+        }
+        if self.recv.unacked_bytes > 0 {
+            self.schedule_ack(now);
         }
     }
 
-    fn drain_in_order(&mut self) {
-        while let Some(item) = self.recv.pending.remove(&self.recv.next) {
-            self.recv.next += 1;
-            match item {
-                Item::Data(d) => self.deliver(d),
-                Item::Finish => {
-                    self.recv.finished = true;
-                    self.recv.pending.clear();
-                    self.out.push_back(Output::PeerFinished);
-                    self.check_done();
-                    return;
+    fn on_fin(&mut self, seq: u64, now: Instant) {
+        if let Some(f) = self.recv.fin_at {
+            if f != seq {
+                log::warn!("stream {}: CLOSE moved from {f} to {seq}", self.key);
+                self.protocol_error();
+            } else {
+                // A retransmitted CLOSE: acknowledge it (again).
+                self.recv.ack_now = true;
+            }
+            return;
+        }
+        let highest = self
+            .recv
+            .pending
+            .iter()
+            .map(|(o, d)| o + d.len() as u64)
+            .max()
+            .unwrap_or(0)
+            .max(self.recv.next);
+        if seq < highest {
+            log::warn!(
+                "stream {}: CLOSE at {seq} before data at {highest}",
+                self.key
+            );
+            self.protocol_error();
+            return;
+        }
+        self.recv.fin_at = Some(seq);
+        self.recv.ack_now = true;
+        self.drain_in_order(now);
+    }
+
+    fn schedule_ack(&mut self, now: Instant) {
+        // Acknowledge every quarter window at the latest, otherwise after a
+        // short delay, so a bulk transfer costs few acknowledgement events.
+        let r = &mut self.recv;
+        if r.unacked_bytes >= self.config.window / 4 {
+            r.ack_now = true;
+        } else if r.ack_deadline.is_none() {
+            r.ack_deadline = Some(now + self.config.ack_delay);
+        }
+    }
+
+    // ---- send ---------------------------------------------------------------
+
+    fn on_ack(&mut self, ack: u64, window: Option<u64>, pure: bool, now: Instant) {
+        let s = &mut self.send;
+        if let Some(w) = window {
+            s.peer_window = w;
+        }
+        if ack > s.next_offset {
+            log::warn!(
+                "stream {}: ack {ack} beyond what was sent ({})",
+                self.key,
+                s.next_offset
+            );
+            self.protocol_error();
+            return;
+        }
+        if ack > s.acked {
+            s.acked = ack;
+            s.dup_acks = 0;
+            s.backoff = 0;
+            s.progress_at = now;
+            while s.in_flight.front().is_some_and(|seg| seg.end() <= ack) {
+                if let Some(seg) = s.in_flight.pop_front() {
+                    if !seg.retransmitted {
+                        s.rtt
+                            .sample(now.saturating_duration_since(seg.sent_at), &self.config);
+                    }
                 }
             }
+            if let Some(seg) = s.in_flight.front_mut() {
+                if seg.offset < ack {
+                    // Partially acknowledged: keep only the rest.
+                    let cut = (ack - seg.offset) as usize;
+                    seg.data.drain(..cut.min(seg.data.len()));
+                    seg.offset = ack;
+                }
+            }
+            s.rto_deadline = if s.in_flight.is_empty() {
+                None
+            } else {
+                Some(now + s.rtt.rto)
+            };
+            match s.recovery_until {
+                // A partial acknowledgement during recovery points at the
+                // next hole: repair it now rather than after a timeout
+                // (NewReno, RFC 6582).
+                Some(until) if ack < until => self.retransmit_first(now),
+                Some(_) => s.recovery_until = None,
+                None => {}
+            }
+        } else if pure && ack == s.acked && !s.in_flight.is_empty() {
+            // The receiver reports a gap (it acknowledges at once when data
+            // arrives out of order).
+            s.dup_acks += 1;
+            if s.dup_acks == 2 && s.recovery_until.is_none() {
+                s.recovery_until = Some(s.next_offset);
+                self.retransmit_first(now);
+            }
         }
+        self.check_done(now);
+    }
+
+    fn on_rto(&mut self, now: Instant) {
+        if self.send.in_flight.is_empty() {
+            self.send.rto_deadline = None;
+            return;
+        }
+        if now.saturating_duration_since(self.send.progress_at) >= self.config.give_up_after {
+            log::info!(
+                "stream {}: no acknowledgement for {:?}, aborting",
+                self.key,
+                self.config.give_up_after
+            );
+            self.abort(ErrorReason::Timeout);
+            self.out.push_back(Output::Aborted(ErrorReason::Timeout));
+            return;
+        }
+        self.send.backoff += 1;
+        // Big events that keep vanishing may exceed a relay's size limit
+        // (some relays drop them without an answer): try smaller ones.
+        if self.send.backoff >= 2 {
+            let smaller = (self.send.max_segment / 2).max(self.config.min_segment);
+            if smaller < self.send.max_segment {
+                log::info!(
+                    "stream {}: retransmissions keep failing, segments {} -> {smaller} bytes",
+                    self.key,
+                    self.send.max_segment
+                );
+                self.send.max_segment = smaller;
+            }
+        }
+        self.retransmit_first(now);
+    }
+
+    fn backed_off_rto(&self) -> Duration {
+        let factor = 1u32 << self.send.backoff.min(6);
+        (self.send.rtt.rto * factor).min(self.config.max_rto)
+    }
+
+    /// Sends the first unacknowledged segment again, split to the current
+    /// largest segment if it is bigger.
+    fn retransmit_first(&mut self, now: Instant) {
+        let max = self.send.max_segment;
+        let Some(first) = self.send.in_flight.pop_front() else {
+            return;
+        };
+        let mut pieces: Vec<Segment> = Vec::new();
+        let mut off = first.offset;
+        let chunks: Vec<&[u8]> = if first.data.is_empty() {
+            vec![&[]]
+        } else {
+            first.data.chunks(max).collect()
+        };
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            pieces.push(Segment {
+                offset: off,
+                data: c.to_vec(),
+                fin: first.fin && i + 1 == n,
+                sent_at: now,
+                retransmitted: true,
+            });
+            off += c.len() as u64;
+        }
+        for seg in pieces.iter() {
+            let msg = self.segment_message(seg);
+            self.out.push_back(Output::Publish(msg));
+        }
+        for seg in pieces.into_iter().rev() {
+            self.send.in_flight.push_front(seg);
+        }
+        self.acknowledged_in_data();
+        if self.send.recovery_until.is_none() {
+            self.send.recovery_until = Some(self.send.next_offset);
+        }
+        let rto = self.backed_off_rto();
+        self.send.rto_deadline = Some(now + rto);
+    }
+
+    /// Every data message carries the current acknowledgement.
+    fn acknowledged_in_data(&mut self) {
+        self.recv.ack_now = false;
+        self.recv.ack_deadline = None;
+        self.recv.unacked_bytes = 0;
+    }
+
+    fn segment_message(&self, seg: &Segment) -> Message {
+        let kind = if seg.fin && seg.data.is_empty() {
+            MessageType::Close
+        } else {
+            MessageType::Data
+        };
+        let mut m = Message::new(self.key.clone(), kind);
+        m.seq = Some(seg.offset);
+        m.data = seg.data.clone();
+        m.ack = Some(self.recv.next);
+        m.window = Some(self.config.window);
+        m
+    }
+
+    fn can_send_more(&self) -> bool {
+        let in_flight = self.send.next_offset - self.send.acked;
+        in_flight < self.send.peer_window
+    }
+
+    fn transmit(&mut self, now: Instant) {
+        self.transmit_inner(now, false);
+    }
+
+    /// Puts unsent bytes (and the `CLOSE`) into messages as far as the
+    /// peer's window allows, and sends a standalone acknowledgement if one is
+    /// due and no data carried it.
+    fn transmit_inner(&mut self, now: Instant, timer: bool) {
+        if self.dialect != Dialect::V2 {
+            return;
+        }
+        match self.state {
+            State::Open => self.segment_unsent(now, timer),
+            State::Lingering(_) => {}
+            State::Connecting | State::Closed => return,
+        }
+        self.flush_ack();
+    }
+
+    fn segment_unsent(&mut self, now: Instant, timer: bool) {
+        loop {
+            let in_flight = self.send.next_offset - self.send.acked;
+            let room = usize::try_from(self.send.peer_window.saturating_sub(in_flight))
+                .unwrap_or(usize::MAX);
+            if self.send.unsent.is_empty() || room == 0 {
+                break;
+            }
+            let size = self.send.unsent.len().min(self.send.max_segment).min(room);
+            // Nagle's rule, bounded by the coalescing delay: a small message
+            // waits while earlier data is unacknowledged.
+            let waited_enough = timer
+                && self
+                    .send
+                    .unsent_since
+                    .is_some_and(|t| now >= t + self.config.coalesce_delay);
+            if size < self.send.max_segment
+                && !self.send.in_flight.is_empty()
+                && !self.send.fin_queued
+                && !waited_enough
+            {
+                break;
+            }
+            let data: Vec<u8> = self.send.unsent.drain(..size).collect();
+            self.send.unsent_since = if self.send.unsent.is_empty() {
+                None
+            } else {
+                Some(now)
+            };
+            self.push_segment(data, false, now);
+        }
+        if self.send.fin_queued && !self.send.fin_sent && self.send.unsent.is_empty() {
+            self.send.fin_sent = true;
+            self.push_segment(Vec::new(), true, now);
+        }
+    }
+
+    fn push_segment(&mut self, data: Vec<u8>, fin: bool, now: Instant) {
+        let seg = Segment {
+            offset: self.send.next_offset,
+            data,
+            fin,
+            sent_at: now,
+            retransmitted: false,
+        };
+        self.send.next_offset = seg.end();
+        let msg = self.segment_message(&seg);
+        self.send.in_flight.push_back(seg);
+        if self.send.rto_deadline.is_none() {
+            self.send.rto_deadline = Some(now + self.backed_off_rto());
+        }
+        self.out.push_back(Output::Publish(msg));
+        self.acknowledged_in_data();
+    }
+
+    fn flush_ack(&mut self) {
+        if !self.recv.ack_now || self.dialect != Dialect::V2 || self.state == State::Connecting {
+            return;
+        }
+        let mut m = Message::new(self.key.clone(), MessageType::Ack);
+        m.ack = Some(self.recv.next);
+        m.window = Some(self.config.window);
+        self.out.push_back(Output::Publish(m));
+        self.acknowledged_in_data();
     }
 
     fn protocol_error(&mut self) {
@@ -446,254 +1111,35 @@ impl Stream {
             .push_back(Output::Aborted(ErrorReason::ProtocolError));
     }
 
-    fn check_done(&mut self) {
-        if self.send_finished && self.recv.finished {
-            self.state = State::Closed;
+    fn check_done(&mut self, now: Instant) {
+        if self.state != State::Open {
+            return;
         }
+        let send_done = match self.dialect {
+            Dialect::V2 => self.send.fin_sent && self.send.in_flight.is_empty(),
+            Dialect::Legacy => self.send.fin_queued,
+        };
+        if send_done && self.recv.finished {
+            // Linger so that data or a CLOSE retransmitted because our last
+            // acknowledgement was lost is acknowledged again, instead of the
+            // peer retrying until it gives up (TCP's TIME-WAIT).
+            self.state = State::Lingering(now + self.linger());
+        }
+    }
+
+    /// How long a finished stream stays after the peer's last message: as
+    /// long as the peer may keep retransmitting before it gives up. Only the
+    /// state machine stays (no buffers).
+    fn linger(&self) -> Duration {
+        self.config.give_up_after
+    }
+
+    /// Whether both directions are done and the stream only lingers to
+    /// acknowledge retransmissions (see [`Stream::is_closed`]).
+    pub fn is_lingering(&self) -> bool {
+        matches!(self.state, State::Lingering(_))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn drain(s: &mut Stream) -> Vec<Output> {
-        std::iter::from_fn(|| s.poll_output()).collect()
-    }
-
-    fn published(outs: &[Output]) -> Vec<Message> {
-        outs.iter()
-            .filter_map(|o| match o {
-                Output::Publish(m) => Some(m.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn delivered(outs: &[Output]) -> Vec<u8> {
-        outs.iter()
-            .filter_map(|o| match o {
-                Output::Deliver(d) => Some(d.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect()
-    }
-
-    /// An entry and an exit, opened through CONNECT/CONNECTED.
-    fn open_pair(config: StreamConfig) -> (Stream, Stream) {
-        let mut entry = Stream::open(config.clone(), "k".into(), "x.nostr:80".into(), Dialect::V2);
-        let connect = published(&drain(&mut entry)).remove(0);
-        assert_eq!(connect.version, Some(2));
-        let mut exit = Stream::accept(config, connect).unwrap();
-        exit.backend_connected();
-        let outs = drain(&mut exit);
-        assert!(outs.contains(&Output::Opened));
-        for m in published(&outs) {
-            entry.handle_message(m).unwrap();
-        }
-        assert_eq!(drain(&mut entry), vec![Output::Opened]);
-        (entry, exit)
-    }
-
-    #[test]
-    fn splits_writes_and_numbers_them() {
-        let cfg = StreamConfig {
-            max_data_per_message: 4,
-            ..Default::default()
-        };
-        let (mut entry, _) = open_pair(cfg);
-        entry.write(b"0123456789").unwrap();
-        let msgs = published(&drain(&mut entry));
-        let seqs: Vec<_> = msgs.iter().map(|m| m.seq.unwrap()).collect();
-        assert_eq!(seqs, vec![0, 1, 2]);
-        assert_eq!(msgs[2].data, b"89");
-        assert!(msgs.iter().all(|m| m.kind == MessageType::Data));
-    }
-
-    #[test]
-    fn reorders_out_of_order_messages_and_drops_duplicates() {
-        let cfg = StreamConfig {
-            max_data_per_message: 2,
-            ..Default::default()
-        };
-        let (mut entry, mut exit) = open_pair(cfg);
-        entry.write(b"aabbccdd").unwrap();
-        entry.finish();
-        let mut msgs = published(&drain(&mut entry));
-        msgs.reverse();
-        msgs.push(msgs[1].clone());
-        let mut outs = Vec::new();
-        for m in msgs {
-            exit.handle_message(m).unwrap();
-            outs.extend(drain(&mut exit));
-        }
-        assert_eq!(delivered(&outs), b"aabbccdd");
-        assert_eq!(outs.last(), Some(&Output::PeerFinished));
-        assert!(exit.is_peer_finished());
-        assert!(!exit.is_closed());
-        exit.finish();
-        assert!(exit.is_closed());
-    }
-
-    #[test]
-    fn close_both_ways_ends_the_stream() {
-        let (mut entry, mut exit) = open_pair(StreamConfig::default());
-        exit.write(b"response").unwrap();
-        exit.finish();
-        for m in published(&drain(&mut exit)) {
-            entry.handle_message(m).unwrap();
-        }
-        let outs = drain(&mut entry);
-        assert_eq!(delivered(&outs), b"response");
-        assert!(outs.contains(&Output::PeerFinished));
-        assert!(!entry.is_closed());
-        entry.finish();
-        let close = published(&drain(&mut entry));
-        assert_eq!(close[0].kind, MessageType::Close);
-        assert_eq!(close[0].seq, Some(0));
-        assert!(entry.is_closed());
-        exit.handle_message(close[0].clone()).unwrap();
-        assert!(exit.is_closed());
-        assert_eq!(entry.write(b"late"), Err(EngineError::WriteClosed));
-    }
-
-    #[test]
-    fn refusal_reaches_the_entry() {
-        let mut entry = Stream::open(
-            StreamConfig::default(),
-            "k".into(),
-            "x.nostr:80".into(),
-            Dialect::V2,
-        );
-        let connect = published(&drain(&mut entry)).remove(0);
-        let mut exit = Stream::accept(StreamConfig::default(), connect).unwrap();
-        exit.backend_failed(ErrorReason::ConnectionRefused);
-        let err = published(&drain(&mut exit)).remove(0);
-        assert_eq!(err.reason.as_deref(), Some("connection-refused"));
-        assert!(exit.is_closed());
-        entry.handle_message(err).unwrap();
-        assert_eq!(
-            drain(&mut entry),
-            vec![Output::Refused(ErrorReason::ConnectionRefused)]
-        );
-        assert!(entry.is_closed());
-    }
-
-    #[test]
-    fn data_that_overtakes_connected_waits() {
-        let (mut entry0, mut exit) = open_pair(StreamConfig::default());
-        // A fresh entry in the Connecting state receives DATA before CONNECTED.
-        let mut entry = Stream::open(
-            StreamConfig::default(),
-            "k".into(),
-            "x.nostr:80".into(),
-            Dialect::V2,
-        );
-        drain(&mut entry);
-        drain(&mut entry0);
-        exit.write(b"hi").unwrap();
-        let data = published(&drain(&mut exit)).remove(0);
-        entry.handle_message(data).unwrap();
-        assert!(drain(&mut entry).is_empty());
-        let mut connected = Message::new("k", MessageType::Connected);
-        connected.version = Some(2);
-        entry.handle_message(connected).unwrap();
-        assert_eq!(
-            drain(&mut entry),
-            vec![Output::Opened, Output::Deliver(b"hi".to_vec())]
-        );
-    }
-
-    #[test]
-    fn seq_beyond_window_aborts() {
-        let cfg = StreamConfig {
-            reorder_window: 8,
-            ..Default::default()
-        };
-        let (_, mut exit) = open_pair(cfg);
-        let mut m = Message::new("k", MessageType::Data);
-        m.seq = Some(8);
-        m.data = b"x".to_vec();
-        exit.handle_message(m).unwrap();
-        let outs = drain(&mut exit);
-        assert_eq!(published(&outs)[0].kind, MessageType::Error);
-        assert!(outs.contains(&Output::Aborted(ErrorReason::ProtocolError)));
-        assert!(exit.is_closed());
-    }
-
-    #[test]
-    fn legacy_entry_gets_legacy_format() {
-        let connect = Message {
-            destination: "abc.nostr:80".into(),
-            ..Message::new("k", MessageType::Connect)
-        };
-        let mut exit = Stream::accept(StreamConfig::default(), connect).unwrap();
-        assert_eq!(exit.dialect(), Dialect::Legacy);
-        exit.backend_connected();
-        assert_eq!(drain(&mut exit), vec![Output::Opened]);
-        exit.write(b"hello").unwrap();
-        let m = published(&drain(&mut exit)).remove(0);
-        assert_eq!(m.kind, MessageType::Socks5Response);
-        assert_eq!(m.seq, None);
-        assert_eq!(m.destination, "abc.nostr:80");
-        exit.finish();
-        assert!(published(&drain(&mut exit)).is_empty());
-        // Legacy data is delivered in arrival order, DATA accepted too.
-        let mut d = Message::new("k", MessageType::Data);
-        d.data = b"req".to_vec();
-        exit.handle_message(d).unwrap();
-        assert_eq!(delivered(&drain(&mut exit)), b"req");
-    }
-
-    #[test]
-    fn entry_falls_back_when_exit_answers_plain_data() {
-        let mut entry = Stream::open(
-            StreamConfig::default(),
-            "k".into(),
-            "x.nostr:80".into(),
-            Dialect::V2,
-        );
-        drain(&mut entry);
-        let mut d = Message::new("k", MessageType::Socks5Response);
-        d.data = b"legacy".to_vec();
-        entry.handle_message(d).unwrap();
-        assert_eq!(
-            drain(&mut entry),
-            vec![Output::Opened, Output::Deliver(b"legacy".to_vec())]
-        );
-        assert_eq!(entry.dialect(), Dialect::Legacy);
-        entry.write(b"x").unwrap();
-        assert_eq!(
-            published(&drain(&mut entry))[0].kind,
-            MessageType::Socks5Response
-        );
-    }
-
-    #[test]
-    fn legacy_entry_is_open_at_once_and_sends_no_version() {
-        let mut entry = Stream::open(
-            StreamConfig::default(),
-            "k".into(),
-            "x.nostr:80".into(),
-            Dialect::Legacy,
-        );
-        let outs = drain(&mut entry);
-        assert_eq!(published(&outs)[0].version, None);
-        assert_eq!(outs[1], Output::Opened);
-    }
-
-    #[test]
-    fn rejects_messages_of_other_streams() {
-        let (mut entry, _) = open_pair(StreamConfig::default());
-        assert!(matches!(
-            entry.handle_message(Message::new("other", MessageType::Data)),
-            Err(EngineError::WrongStream { .. })
-        ));
-        assert!(Stream::accept(
-            StreamConfig::default(),
-            Message::new("k", MessageType::Data)
-        )
-        .is_err());
-    }
-}
+mod tests;

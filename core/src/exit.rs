@@ -9,14 +9,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nostr::{Event, Keys, PublicKey, RelayUrl};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{pump, Inbox, Link, Stats};
+use crate::driver::{pump, Conn, Inbox, Link, OpenSlot, Stats};
 use crate::engine::{Stream, StreamConfig};
 use crate::names::{encode_nostr_domain, NameError};
 use crate::protocol::{Cipher, ErrorReason, Message, MessageType};
@@ -221,7 +221,7 @@ impl Server {
 
     async fn accept(&self, author: PublicKey, cipher: Cipher, connect: Message) {
         let key = connect.key.clone();
-        let mut engine = match Stream::accept(self.config.stream.clone(), connect) {
+        let mut engine = match Stream::accept(self.config.stream.clone(), connect, Instant::now()) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("stream {key}: {e}");
@@ -254,18 +254,13 @@ impl Server {
             })
             .streams
             .insert(key.clone(), tx);
-        self.stats.streams_open.fetch_add(1, Ordering::Relaxed);
-        self.stats.streams_total.fetch_add(1, Ordering::Relaxed);
+        let slot = OpenSlot::new(self.stats.clone());
         let config = self.config.clone();
         let authors = self.authors.clone();
-        let stats = self.stats.clone();
         let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = serve_stream(engine, link, Inbox::Messages(rx), &config, stats.clone()) => {}
-                _ = cancel.cancelled() => {}
-            }
-            stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+        // Forgets the stream (and its author when it was the last) once the
+        // stream has ended and lingered.
+        let forget = OnDrop(Some(move || {
             let mut authors = lock(&authors);
             if let Some(a) = authors.get_mut(&author) {
                 a.streams.remove(&key);
@@ -273,18 +268,25 @@ impl Server {
                     authors.remove(&author);
                 }
             }
+        }));
+        let conn = Conn {
+            engine,
+            link,
+            inbox: Inbox::Messages(rx),
+            keep: Box::new(forget),
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve_stream(conn, &config, slot) => {}
+                _ = cancel.cancelled() => {}
+            }
         });
     }
 }
 
 /// Dials the backend for one accepted stream, answers, and pumps it.
-async fn serve_stream(
-    mut engine: Stream,
-    link: Link,
-    inbox: Inbox,
-    config: &ExitConfig,
-    stats: Arc<Stats>,
-) {
+async fn serve_stream(mut conn: Conn, config: &ExitConfig, slot: OpenSlot) {
+    let Conn { engine, link, .. } = &mut conn;
     let key = engine.key().to_string();
     let dial = tokio::time::timeout(config.connect_timeout, TcpStream::connect(&config.backend));
     let backend = match dial.await {
@@ -292,29 +294,20 @@ async fn serve_stream(
         Ok(Err(e)) => {
             log::info!("stream {key}: backend {} failed: {e}", config.backend);
             engine.backend_failed(ErrorReason::from_io(&e));
-            send_all(&mut engine, &link).await;
+            send_all(engine, link).await;
             return;
         }
         Err(_) => {
             log::info!("stream {key}: backend {} timed out", config.backend);
             engine.backend_failed(ErrorReason::Timeout);
-            send_all(&mut engine, &link).await;
+            send_all(engine, link).await;
             return;
         }
     };
     let _ = backend.set_nodelay(true);
-    engine.backend_connected();
+    engine.backend_connected(Instant::now());
     log::debug!("stream {key}: open to {}", config.backend);
-    let end = pump(
-        engine,
-        link,
-        inbox,
-        backend,
-        Vec::new(),
-        config.idle_timeout,
-        stats,
-    )
-    .await;
+    let end = pump(conn, backend, Vec::new(), config.idle_timeout, slot).await;
     log::debug!("stream {key}: ended ({end:?})");
 }
 
@@ -325,6 +318,17 @@ async fn send_all(engine: &mut Stream, link: &Link) {
             if let Err(e) = link.send(&m).await {
                 log::warn!("stream {}: cannot publish {}: {e}", engine.key(), m.kind);
             }
+        }
+    }
+}
+
+/// Runs a closure when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
         }
     }
 }

@@ -62,6 +62,8 @@ pub enum MessageType {
     Error,
     /// v2: the sender will send no more data (half-close, like TCP FIN).
     Close,
+    /// v2: a standalone acknowledgement (`ack` and `window`, no data).
+    Ack,
     /// Any other type: kept so it can be logged and ignored.
     Unknown(String),
 }
@@ -77,6 +79,7 @@ impl MessageType {
             Self::Connected => "CONNECTED",
             Self::Error => "ERROR",
             Self::Close => "CLOSE",
+            Self::Ack => "ACK",
             Self::Unknown(s) => s,
         }
     }
@@ -97,6 +100,7 @@ impl From<&str> for MessageType {
             "CONNECTED" => Self::Connected,
             "ERROR" => Self::Error,
             "CLOSE" => Self::Close,
+            "ACK" => Self::Ack,
             other => Self::Unknown(other.to_string()),
         }
     }
@@ -228,9 +232,16 @@ pub struct Message {
     /// v2: protocol version on `CONNECT` and `CONNECTED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
-    /// v2: sequence number of `DATA` and `CLOSE`, per direction, from 0.
+    /// v2: byte offset of this message's data in its direction, from 0;
+    /// on `CLOSE`, the offset after the last byte (the close occupies it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// v2: the next offset the sender expects from its peer (cumulative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u64>,
+    /// v2: bytes past `ack` the sender will accept (receive window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
     /// v2: why an `ERROR` was sent (see [`ErrorReason`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -247,6 +258,8 @@ impl Message {
             entry_public_address: String::new(),
             version: None,
             seq: None,
+            ack: None,
+            window: None,
             reason: None,
         }
     }

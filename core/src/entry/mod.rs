@@ -11,9 +11,8 @@ pub mod socks5;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nostr::{Keys, PublicKey, RelayUrl, SubscriptionId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,10 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{pump, End, Inbox, Link, Stats};
+use crate::driver::{pump, wait_open, Conn, End, Inbox, Link, OpenSlot, Stats};
 use crate::engine::{Dialect, Output, Stream, StreamConfig};
 use crate::names::{encode_nostr_domain, parse_host, NameError};
-use crate::protocol::{build_stream_event, Cipher, ErrorReason};
+use crate::protocol::{build_stream_event, Cipher, ErrorReason, Message};
 use crate::transport::{entry_stream_filter, Transport, TransportError};
 
 pub use socks5::Credentials;
@@ -225,6 +224,7 @@ impl Entry {
             key,
             format!("{label}:{port}"),
             dialect,
+            Instant::now(),
         );
         let link = Link {
             transport: self.transport.clone(),
@@ -238,67 +238,54 @@ impl Entry {
             cipher,
             peer: exit.public_key,
         };
-
-        // The CONNECT is the first output.
-        if let Some(Output::Publish(connect)) = engine.poll_output() {
-            if dialect == Dialect::Legacy {
-                // A legacy exit drops data that overtakes its CONNECT: wait
-                // for the relays' OK (bounded) before any data goes out.
-                let content = link
-                    .cipher
-                    .seal(&connect)
-                    .map_err(|e| TransportError::Pool(e.to_string()))?;
-                let event = build_stream_event(&link.keys, &link.peer, content)
-                    .map_err(|e| TransportError::Pool(e.to_string()))?;
-                let report = self
-                    .transport
-                    .publish_confirmed(&event, &link.relays, Duration::from_secs(2))
-                    .await?;
-                if report.accepted.is_empty() && report.unknown.is_empty() {
-                    let why: Vec<String> = report
-                        .rejected
-                        .iter()
-                        .map(|(u, m)| format!("{u}: {m}"))
-                        .collect();
-                    return Err(TransportError::Pool(format!(
-                        "relays rejected CONNECT ({})",
-                        why.join("; ")
-                    ))
-                    .into());
-                }
-            } else {
-                link.send(&connect).await?;
+        if dialect == Dialect::Legacy {
+            // A legacy exit drops data that overtakes its CONNECT: wait for
+            // the relays' OK (bounded) before any data goes out.
+            if let Some(Output::Publish(connect)) = engine.poll_output() {
+                self.publish_legacy_connect(&link, &connect).await?;
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        while !engine.is_open() {
-            if engine.is_closed() {
-                let reason = std::iter::from_fn(|| engine.poll_output())
-                    .find_map(|o| match o {
-                        Output::Refused(r) | Output::Aborted(r) => Some(r),
-                        _ => None,
-                    })
-                    .unwrap_or(ErrorReason::ProtocolError);
-                return Err(OpenError::Refused(reason));
-            }
-            match tokio::time::timeout_at(deadline, inbox.next()).await {
-                Ok(Some(msg)) => {
-                    if let Err(e) = engine.handle_message(msg) {
-                        log::debug!("{e}");
-                    }
-                }
-                Ok(None) => return Err(TransportError::Shutdown.into()),
-                Err(_) => return Err(OpenError::Timeout(timeout)),
-            }
+        match wait_open(&mut engine, &link, &mut inbox, deadline).await {
+            Ok(()) => {}
+            Err(Some(reason)) => return Err(OpenError::Refused(reason)),
+            Err(None) => return Err(OpenError::Timeout(timeout)),
         }
         Ok(NwsStream {
             engine,
             link,
             inbox,
-            _guard: guard,
+            guard,
             idle_timeout: self.config.idle_timeout,
             stats: self.stats.clone(),
         })
+    }
+
+    async fn publish_legacy_connect(
+        &self,
+        link: &Link,
+        connect: &Message,
+    ) -> Result<(), OpenError> {
+        let pool = |e: crate::protocol::CodecError| TransportError::Pool(e.to_string());
+        let content = link.cipher.seal(connect).map_err(pool)?;
+        let event = build_stream_event(&link.keys, &link.peer, content).map_err(pool)?;
+        let report = self
+            .transport
+            .publish_confirmed(&event, &link.relays, Duration::from_secs(2))
+            .await?;
+        if report.accepted.is_empty() && report.unknown.is_empty() {
+            let why: Vec<String> = report
+                .rejected
+                .iter()
+                .map(|(u, m)| format!("{u}: {m}"))
+                .collect();
+            return Err(TransportError::Pool(format!(
+                "relays rejected CONNECT ({})",
+                why.join("; ")
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Disconnects from every relay.
@@ -382,7 +369,7 @@ pub struct NwsStream {
     engine: Stream,
     link: Link,
     inbox: Inbox,
-    _guard: RouteGuard,
+    guard: RouteGuard,
     idle_timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -405,20 +392,14 @@ impl NwsStream {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let stats = self.stats.clone();
-        stats.streams_open.fetch_add(1, Ordering::Relaxed);
-        stats.streams_total.fetch_add(1, Ordering::Relaxed);
-        let end = pump(
-            self.engine,
-            self.link,
-            self.inbox,
-            socket,
-            first,
-            self.idle_timeout,
-            self.stats,
-        )
-        .await;
-        stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+        let slot = OpenSlot::new(self.stats);
+        let conn = Conn {
+            engine: self.engine,
+            link: self.link,
+            inbox: self.inbox,
+            keep: Box::new(self.guard),
+        };
+        let end = pump(conn, socket, first, self.idle_timeout, slot).await;
         match end {
             End::Closed => Ok(()),
             End::Aborted(r) => Err(r),
