@@ -53,6 +53,23 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// Fresh random credentials: user `nws-` plus 8 hex characters, and a
+    /// 32-character hex password (128 bits from the OS generator). An app
+    /// starts its in-process proxy with these so that other apps on the
+    /// device, which can reach loopback too, cannot use it.
+    pub fn random() -> Self {
+        use rand::RngCore;
+        let mut user = [0u8; 4];
+        let mut pass = [0u8; 16];
+        rand::rng().fill_bytes(&mut user);
+        rand::rng().fill_bytes(&mut pass);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        Self {
+            username: format!("nws-{}", hex(&user)),
+            password: hex(&pass),
+        }
+    }
+
     /// Whether `username` and `password` (raw bytes as received) equal these
     /// credentials. The comparison takes the same time wherever the first
     /// difference is, so it does not reveal how much of a guess was right
@@ -351,6 +368,16 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn random_credentials_differ_and_have_the_documented_shape() {
+        let a = super::Credentials::random();
+        let b = super::Credentials::random();
+        assert_ne!(a, b);
+        assert!(a.username.starts_with("nws-") && a.username.len() == 12);
+        assert_eq!(a.password.len(), 32);
+        assert!(a.password.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
     use super::*;
     use tokio::io::{duplex, DuplexStream};
 
