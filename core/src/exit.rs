@@ -143,6 +143,11 @@ impl ExitNode {
             .unwrap_or_default()
     }
 
+    /// Stream events published and received (see [`Transport::event_counts`]).
+    pub fn event_counts(&self) -> (u64, u64) {
+        self.transport.event_counts()
+    }
+
     /// Counters of the exit's streams.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats

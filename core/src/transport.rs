@@ -12,6 +12,7 @@
 //! [`RETRY_INTERVAL`], and their subscriptions are sent again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ struct Inner {
     pool: RelayPool,
     routes: Mutex<Routes>,
     router: Mutex<Option<JoinHandle<()>>>,
+    published: AtomicU64,
+    received: AtomicU64,
 }
 
 /// A connection to a set of relays, shared by every stream of an entry or exit.
@@ -120,6 +123,8 @@ impl Transport {
                 seen_order: VecDeque::new(),
             }),
             router: Mutex::new(None),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         });
         let notifications = inner.pool.notifications();
         let task = tokio::spawn(run_router(Arc::downgrade(&inner), notifications));
@@ -257,6 +262,7 @@ impl Transport {
             .send_msg_to(relays.iter().cloned(), ClientMessage::event(event.clone()))
             .await
             .map_err(|e| TransportError::Pool(e.to_string()))?;
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
         if out.success.is_empty() {
             let why: Vec<String> = out
                 .failed
@@ -322,6 +328,15 @@ impl Transport {
         }
     }
 
+    /// Stream events published (each counted once, whatever the number of
+    /// relays) and stream events received and routed (after de-duplication).
+    pub fn event_counts(&self) -> (u64, u64) {
+        (
+            self.inner.published.load(Ordering::Relaxed),
+            self.inner.received.load(Ordering::Relaxed),
+        )
+    }
+
     /// Disconnects from every relay and stops the router.
     pub async fn shutdown(&self) {
         self.inner.pool.shutdown().await;
@@ -371,6 +386,7 @@ async fn run_router(
                 }
                 match routes.streams.get(&to) {
                     Some(tx) => {
+                        inner.received.fetch_add(1, Ordering::Relaxed);
                         if tx.send(*event).is_err() {
                             routes.streams.remove(&to);
                         }

@@ -167,6 +167,11 @@ impl Entry {
         self.transport.relay_counts().await
     }
 
+    /// Stream events published and received (see [`Transport::event_counts`]).
+    pub fn event_counts(&self) -> (u64, u64) {
+        self.transport.event_counts()
+    }
+
     /// Opens a stream to `host:port`, where `host` is an NWS name.
     ///
     /// Generates a fresh ephemeral key for the stream, subscribes for the
