@@ -104,6 +104,9 @@ struct ExitArgs {
     /// Most streams open at once.
     #[arg(long, default_value_t = 256)]
     max_streams: usize,
+    /// Answer every entry in the legacy format (as the reference exit does).
+    #[arg(long)]
+    legacy: bool,
 }
 
 #[derive(Args)]
@@ -220,6 +223,7 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     }
     let mut config = ExitConfig::new(args.relays.relays, keys, args.backend);
     config.max_streams = args.max_streams;
+    config.legacy = args.legacy;
     let exit = ExitNode::start(config).await.map_err(|e| e.to_string())?;
     print_exit_names(&exit);
     println!("ready");

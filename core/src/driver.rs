@@ -270,6 +270,12 @@ where
     let mut local_eof = false;
     loop {
         let now = Instant::now();
+        if let Some(limit) = link.transport.content_limit() {
+            let max = crate::protocol::max_data_for_content(limit);
+            if max < engine.max_segment() {
+                engine.set_max_segment(max);
+            }
+        }
         if !pending.is_empty() && engine.send_capacity() > 0 {
             match engine.write(&pending, now) {
                 Ok(n) => {

@@ -222,6 +222,9 @@ struct Send {
     /// When acknowledgements last made progress (for giving up).
     progress_at: Instant,
     max_segment: usize,
+    /// The driver could not hand messages to any relay: timeouts now say
+    /// nothing about message size.
+    path_down: bool,
 }
 
 /// Receive direction of a version-2 stream.
@@ -352,6 +355,7 @@ impl Stream {
             rto_deadline: None,
             progress_at: now,
             max_segment: config.max_segment.max(1),
+            path_down: false,
         };
         Self {
             key,
@@ -519,6 +523,13 @@ impl Stream {
     /// Data already in flight is split smaller when it is retransmitted.
     pub fn set_max_segment(&mut self, bytes: usize) {
         self.send.max_segment = bytes.clamp(1, self.config.max_segment.max(1));
+    }
+
+    /// Tells the engine whether the last publish reached no relay at all
+    /// (`true`) or at least one (`false`). While no relay takes messages,
+    /// retransmission timeouts do not shrink segments.
+    pub fn set_path_down(&mut self, down: bool) {
+        self.send.path_down = down;
     }
 
     /// The largest segment now in use, in bytes.
@@ -933,9 +944,10 @@ impl Stream {
             return;
         }
         self.send.backoff += 1;
-        // Big events that keep vanishing may exceed a relay's size limit
-        // (some relays drop them without an answer): try smaller ones.
-        if self.send.backoff >= 2 {
+        // Big events that keep vanishing while relays take them may exceed a
+        // relay's size limit (some relays drop them without an answer): try
+        // smaller ones.
+        if self.send.backoff >= 2 && !self.send.path_down {
             let smaller = (self.send.max_segment / 2).max(self.config.min_segment);
             if smaller < self.send.max_segment {
                 log::info!(

@@ -42,6 +42,9 @@ pub struct ExitConfig {
     pub relay_timeout: Duration,
     /// Per-stream limits.
     pub stream: StreamConfig,
+    /// Answer every entry in the legacy format, as the reference exit does
+    /// (for interoperability tests).
+    pub legacy: bool,
 }
 
 impl ExitConfig {
@@ -57,6 +60,7 @@ impl ExitConfig {
             idle_timeout: Duration::from_secs(300),
             relay_timeout: Duration::from_secs(10),
             stream: StreamConfig::default(),
+            legacy: false,
         }
     }
 }
@@ -224,8 +228,11 @@ impl Server {
         }
     }
 
-    async fn accept(&self, author: PublicKey, cipher: Cipher, connect: Message) {
+    async fn accept(&self, author: PublicKey, cipher: Cipher, mut connect: Message) {
         let key = connect.key.clone();
+        if self.config.legacy {
+            connect.version = None;
+        }
         let mut engine = match Stream::accept(self.config.stream.clone(), connect, Instant::now()) {
             Ok(s) => s,
             Err(e) => {

@@ -34,6 +34,13 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// the 64 KiB message cap that many public relays apply.
 pub const DEFAULT_MAX_DATA_PER_EVENT: usize = 24 * 1024;
 
+/// The most stream bytes one message may carry so that its event content
+/// (base64 of NIP-44 over base64 inside JSON, about 2.3 times the data)
+/// stays below `content_limit` bytes, with a margin.
+pub fn max_data_for_content(content_limit: usize) -> usize {
+    (content_limit / 5 * 2).max(256)
+}
+
 /// Largest NIP-44 v2 plaintext rust-nostr accepts, in bytes.
 pub const MAX_PLAINTEXT: usize = 65_536 - 128;
 

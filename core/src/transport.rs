@@ -12,7 +12,7 @@
 //! [`RETRY_INTERVAL`], and their subscriptions are sent again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 const SEEN_IDS: usize = 16_384;
 /// Messages queued for one relay's websocket above which publishing waits.
 const MAX_RELAY_QUEUE: usize = 256;
+/// How many published events' sizes are remembered.
+const RECENT_EVENTS: usize = 1024;
 
 /// Errors of the relay transport.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,12 @@ struct Inner {
     router: Mutex<Option<JoinHandle<()>>>,
     published: AtomicU64,
     received: AtomicU64,
+    /// Content sizes of recently published events, to learn size limits
+    /// from `OK false` answers.
+    recent: Mutex<VecDeque<(EventId, usize)>>,
+    /// Smallest event content a relay rejected as too large, in bytes
+    /// (`usize::MAX` while none has).
+    content_limit: AtomicUsize,
 }
 
 /// A connection to a set of relays, shared by every stream of an entry or exit.
@@ -125,6 +133,8 @@ impl Transport {
             router: Mutex::new(None),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+            content_limit: AtomicUsize::new(usize::MAX),
         });
         let notifications = inner.pool.notifications();
         let task = tokio::spawn(run_router(Arc::downgrade(&inner), notifications));
@@ -263,6 +273,13 @@ impl Transport {
             .await
             .map_err(|e| TransportError::Pool(e.to_string()))?;
         self.inner.published.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut recent = lock(&self.inner.recent);
+            recent.push_back((event.id, event.content.len()));
+            if recent.len() > RECENT_EVENTS {
+                recent.pop_front();
+            }
+        }
         if out.success.is_empty() {
             let why: Vec<String> = out
                 .failed
@@ -337,6 +354,15 @@ impl Transport {
         )
     }
 
+    /// The smallest event content (bytes) a relay has rejected as too
+    /// large, if any: streams keep their events below it.
+    pub fn content_limit(&self) -> Option<usize> {
+        match self.inner.content_limit.load(Ordering::Relaxed) {
+            usize::MAX => None,
+            n => Some(n),
+        }
+    }
+
     /// Disconnects from every relay and stops the router.
     pub async fn shutdown(&self) {
         self.inner.pool.shutdown().await;
@@ -403,6 +429,16 @@ async fn run_router(
                         message,
                     },
             } => {
+                if !status && is_size_rejection(&message) {
+                    let size = lock(&inner.recent)
+                        .iter()
+                        .find(|(id, _)| *id == event_id)
+                        .map(|(_, n)| *n);
+                    if let Some(size) = size {
+                        log::info!("relay {relay_url} rejected a {size}-byte event as too large: {message}");
+                        inner.content_limit.fetch_min(size, Ordering::Relaxed);
+                    }
+                }
                 let routes = lock(&inner.routes);
                 if let Some(tx) = routes.pending_ok.get(&event_id) {
                     let _ = tx.send((relay_url, status, message.into_owned()));
@@ -414,6 +450,13 @@ async fn run_router(
             _ => {}
         }
     }
+}
+
+/// Whether an `OK false` message says the event was too large (relays word
+/// it differently: "too large", "too big", "exceeds", "max ... size").
+fn is_size_rejection(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("too large") || m.contains("too big") || m.contains("exceed") || m.contains("size")
 }
 
 /// The filter an exit subscribes with: kind 28333 events addressed to it.

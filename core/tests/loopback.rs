@@ -90,3 +90,64 @@ async fn refused_backend_is_reported() {
     }
     exit.stop().await;
 }
+
+/// Sends `len` pseudo-random bytes through a stream to an echo backend and
+/// returns (sent, received-after-the-prefix); `mid` runs once half is sent.
+async fn echo_through<F, Fut>(entry: &Entry, name: &str, len: usize, mid: F) -> (Vec<u8>, Vec<u8>)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let stream = entry.open(name, 80).await.unwrap();
+    let (app, ours) = tokio::io::duplex(1 << 16);
+    let run = tokio::spawn(stream.run(ours, Vec::new()));
+    let (mut rd, mut wr) = tokio::io::split(app);
+    let payload: Vec<u8> = (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        let half = payload.len() / 2;
+        wr.write_all(&payload[..half]).await.unwrap();
+        mid().await;
+        wr.write_all(&payload[half..]).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), rd.read_to_end(&mut got))
+        .await
+        .expect("echo did not finish")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(run.await.unwrap(), Ok(()));
+    (sent, got[5..].to_vec())
+}
+
+/// Two relays; one of them stops for good in the middle of a transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_losing_one_of_two_relays() {
+    let a = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let b = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let backend = echo_backend().await;
+    let exit = ExitNode::start(ExitConfig::new(
+        vec![a.url().clone(), b.url().clone()],
+        Keys::generate(),
+        backend.to_string(),
+    ))
+    .await
+    .unwrap();
+    let name = exit.nostr_domain().unwrap();
+    let entry = Entry::new(EntryConfig::new(vec![])).await.unwrap();
+    let (sent, got) = echo_through(&entry, &name, 2 << 20, move || async move {
+        a.shutdown();
+        drop(a);
+    })
+    .await;
+    assert!(got == sent, "bytes differ after losing a relay");
+    drop(b);
+    exit.stop().await;
+}

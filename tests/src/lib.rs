@@ -11,6 +11,7 @@
 //!   HTTP proxies supported).
 //! * [`process`]: the real `nws` binary as child processes (relay, exit, entry).
 
+pub mod faulty;
 pub mod process;
 
 use std::convert::Infallible;
@@ -46,18 +47,21 @@ pub const RANDOM_FILES: &[(&str, usize)] = &[
     ("64k", 64 * 1024),
     ("1m", 1024 * 1024),
     ("10m", 10 * 1024 * 1024),
+    ("50m", 50 * 1024 * 1024),
 ];
 
 /// Names of every file served (without the leading `/`).
-pub const FILE_NAMES: &[&str] = &["hello", "1k", "64k", "1m", "10m"];
+pub const FILE_NAMES: &[&str] = &["hello", "1k", "64k", "1m", "10m", "50m"];
 
-static RANDOM_DATA: [OnceLock<Vec<u8>>; 4] = [
+static RANDOM_DATA: [OnceLock<Vec<u8>>; 5] = [
+    OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
 ];
-static FILE_SHAS: [OnceLock<String>; 5] = [
+static FILE_SHAS: [OnceLock<String>; 6] = [
+    OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
@@ -96,7 +100,7 @@ fn file_index(name: &str) -> Option<usize> {
     FILE_NAMES.iter().position(|n| *n == name)
 }
 
-/// The bytes of a backend file by name (`"hello"`, `"1k"`, `"64k"`, `"1m"`, `"10m"`; a
+/// The bytes of a backend file by name (`"hello"`, `"1k"`, `"64k"`, `"1m"`, `"10m"`, `"50m"`; a
 /// leading `/` is accepted). Generated once per process. `None` for unknown names.
 pub fn backend_file(name: &str) -> Option<&'static [u8]> {
     let idx = file_index(name)?;

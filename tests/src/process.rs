@@ -123,6 +123,28 @@ impl NwsProcess {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (`VmHWM` from `/proc`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Kills the process at once (SIGKILL), like a crash, and waits for it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Sends SIGTERM and waits (at most 10 s) for a clean exit; returns the
     /// exit code.
     pub async fn terminate(mut self) -> Option<i32> {

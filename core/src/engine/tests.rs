@@ -263,6 +263,21 @@ fn retransmits_after_timeout_and_shrinks_segments_that_keep_vanishing() {
 }
 
 #[test]
+fn does_not_shrink_segments_while_no_relay_takes_messages() {
+    let t0 = Instant::now();
+    let (mut entry, _) = open_pair(cfg(8), t0);
+    entry.write(b"abcdefgh", t0).unwrap();
+    drain(&mut entry);
+    entry.set_path_down(true);
+    for _ in 0..4 {
+        let t = entry.poll_timeout().unwrap();
+        entry.handle_timeout(t);
+        drain(&mut entry);
+    }
+    assert_eq!(entry.max_segment(), 8);
+}
+
+#[test]
 fn fast_retransmits_on_gap_reports() {
     let t0 = Instant::now();
     let (mut entry, mut exit) = open_pair(cfg(1), t0);
