@@ -83,3 +83,26 @@ else
     }
     log "installed $relay ($("$relay" --version 2>/dev/null || true))"
 fi
+
+# --- mobile bindings (bindings/, android-demo/) --------------------------------------------
+# The Kotlin tests need a JDK (17+) and Maven (dependencies come from Maven Central); the
+# Android compile check (scripts/build-android.sh --check) needs the Rust standard library
+# for aarch64-linux-android and Debian's clang-14 with the arm64 C headers in place of the
+# NDK's.
+mobile_missing=()
+command -v javac >/dev/null 2>&1 || mobile_missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || mobile_missing+=(maven)
+command -v clang-14 >/dev/null 2>&1 || mobile_missing+=(clang-14)
+command -v llvm-ar-14 >/dev/null 2>&1 || mobile_missing+=(llvm-14)
+[ -d /usr/aarch64-linux-gnu/include ] || mobile_missing+=(libc6-dev-arm64-cross)
+if [ "${#mobile_missing[@]}" -gt 0 ]; then
+    log "installing apt packages for the mobile bindings (missing: ${mobile_missing[*]})"
+    "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${mobile_missing[@]}"
+else
+    log "apt packages present: JDK, maven, clang-14, llvm-14, libc6-dev-arm64-cross"
+fi
+if command -v rustup >/dev/null 2>&1; then
+    rustup target add aarch64-linux-android
+fi

@@ -7,3 +7,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-test-deps.sh
 cargo test --workspace --all-targets "$@"
+
+# The Kotlin bindings on the JVM (bindings/kotlin): the generated Kotlin, loaded with JNA,
+# against target/debug/libnws.so and a relay, exits and backends run by the tests from
+# target/debug/nws.
+cargo build -p nws-cli -p nws-bindings
+mvn -B -ntp -f bindings/kotlin/pom.xml test

@@ -271,10 +271,7 @@ where
     loop {
         let now = Instant::now();
         if let Some(limit) = link.transport.content_limit() {
-            let max = crate::protocol::max_data_for_content(limit);
-            if max < engine.max_segment() {
-                engine.set_max_segment(max);
-            }
+            engine.limit_segment(crate::protocol::max_data_for_content(limit), now);
         }
         if !pending.is_empty() && engine.send_capacity() > 0 {
             match engine.write(&pending, now) {

@@ -29,6 +29,17 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{ErrorReason, Message, MessageType, PROTOCOL_VERSION};
 
+/// Segments after a missing one that must be selectively acknowledged
+/// before it counts as lost (relays may reorder a little).
+const REORDER_SEGMENTS: u32 = 2;
+/// Selective acknowledgement ranges carried in one message.
+const MAX_SACK_RANGES: usize = 16;
+/// Consecutive retransmission timeouts of the same data after which the
+/// segment size is halved (a relay may drop large events silently).
+const SHRINK_AFTER_TIMEOUTS: u32 = 3;
+/// Acknowledgements with progress after which a shrunken segment size doubles.
+const GROW_AFTER_ACKS: u32 = 64;
+
 /// Which format a stream speaks with its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -150,6 +161,8 @@ struct Segment {
     fin: bool,
     sent_at: Instant,
     retransmitted: bool,
+    /// The receiver reported holding it (selective acknowledgement).
+    sacked: bool,
 }
 
 impl Segment {
@@ -212,9 +225,9 @@ struct Send {
     peer_window: u64,
     fin_queued: bool,
     fin_sent: bool,
-    dup_acks: u32,
-    /// While repairing losses: the send offset when recovery began.
-    recovery_until: Option<u64>,
+    /// Acknowledgements that made progress since the last timeout; enough
+    /// of them let a shrunken segment size grow again.
+    good_acks: u32,
     rtt: Rtt,
     /// Consecutive timeouts without progress (exponential backoff).
     backoff: u32,
@@ -222,6 +235,8 @@ struct Send {
     /// When acknowledgements last made progress (for giving up).
     progress_at: Instant,
     max_segment: usize,
+    /// Hard cap on `max_segment` (see [`Stream::limit_segment`]).
+    ceiling: usize,
     /// The driver could not hand messages to any relay: timeouts now say
     /// nothing about message size.
     path_down: bool,
@@ -348,13 +363,13 @@ impl Stream {
             peer_window: config.window,
             fin_queued: false,
             fin_sent: false,
-            dup_acks: 0,
-            recovery_until: None,
+            good_acks: 0,
             rtt: Rtt::new(config.initial_rto),
             backoff: 0,
             rto_deadline: None,
             progress_at: now,
             max_segment: config.max_segment.max(1),
+            ceiling: config.max_segment.max(1),
             path_down: false,
         };
         Self {
@@ -519,10 +534,42 @@ impl Stream {
         self.state = State::Closed;
     }
 
-    /// Lowers the largest segment (a relay said the event was too large).
-    /// Data already in flight is split smaller when it is retransmitted.
-    pub fn set_max_segment(&mut self, bytes: usize) {
-        self.send.max_segment = bytes.clamp(1, self.config.max_segment.max(1));
+    /// Caps the segment size for good (a relay said an event was too
+    /// large): segments never grow back above the cap, and data in flight
+    /// in larger messages (which the relay rejected) is split and sent again
+    /// at once.
+    pub fn limit_segment(&mut self, bytes: usize, now: Instant) {
+        let cap = bytes.max(1);
+        if cap >= self.send.ceiling {
+            return;
+        }
+        self.send.ceiling = cap;
+        self.send.max_segment = self.send.max_segment.min(cap);
+        if self.send.in_flight.iter().all(|seg| seg.data.len() <= cap) {
+            return;
+        }
+        let old = std::mem::take(&mut self.send.in_flight);
+        for seg in old {
+            if seg.data.len() <= cap {
+                self.send.in_flight.push_back(seg);
+                continue;
+            }
+            let n = seg.data.len().div_ceil(cap);
+            for (i, chunk) in seg.data.chunks(cap).enumerate() {
+                let piece = Segment {
+                    offset: seg.offset + (i * cap) as u64,
+                    data: chunk.to_vec(),
+                    fin: seg.fin && i + 1 == n,
+                    sent_at: now,
+                    retransmitted: true,
+                    sacked: false,
+                };
+                let msg = self.segment_message(&piece);
+                self.out.push_back(Output::Publish(msg));
+                self.send.in_flight.push_back(piece);
+            }
+        }
+        self.acknowledged_in_data();
     }
 
     /// Tells the engine whether the last publish reached no relay at all
@@ -603,7 +650,7 @@ impl Stream {
             }
         }
         if let Some(ack) = msg.ack {
-            self.on_ack(ack, msg.window, msg.kind == MessageType::Ack, now);
+            self.on_ack(ack, msg.window, msg.sack.as_deref().unwrap_or(&[]), now);
         }
         match msg.kind {
             MessageType::Data | MessageType::Socks5Response => match msg.seq {
@@ -868,7 +915,7 @@ impl Stream {
 
     // ---- send ---------------------------------------------------------------
 
-    fn on_ack(&mut self, ack: u64, window: Option<u64>, pure: bool, now: Instant) {
+    fn on_ack(&mut self, ack: u64, window: Option<u64>, sack: &[[u64; 2]], now: Instant) {
         let s = &mut self.send;
         if let Some(w) = window {
             s.peer_window = w;
@@ -884,16 +931,19 @@ impl Stream {
         }
         if ack > s.acked {
             s.acked = ack;
-            s.dup_acks = 0;
             s.backoff = 0;
             s.progress_at = now;
+            s.good_acks += 1;
+            let mut newest = None;
             while s.in_flight.front().is_some_and(|seg| seg.end() <= ack) {
-                if let Some(seg) = s.in_flight.pop_front() {
-                    if !seg.retransmitted {
-                        s.rtt
-                            .sample(now.saturating_duration_since(seg.sent_at), &self.config);
-                    }
-                }
+                newest = s.in_flight.pop_front();
+            }
+            // Sample the round trip from the newest segment this ack covers,
+            // unless it was resent (Karn) or already reported held (then this
+            // ack only closes a hole before it and its delay says nothing).
+            if let Some(seg) = newest.filter(|seg| !seg.retransmitted && !seg.sacked) {
+                s.rtt
+                    .sample(now.saturating_duration_since(seg.sent_at), &self.config);
             }
             if let Some(seg) = s.in_flight.front_mut() {
                 if seg.offset < ack {
@@ -908,24 +958,54 @@ impl Stream {
             } else {
                 Some(now + s.rtt.rto)
             };
-            match s.recovery_until {
-                // A partial acknowledgement during recovery points at the
-                // next hole: repair it now rather than after a timeout
-                // (NewReno, RFC 6582).
-                Some(until) if ack < until => self.retransmit_first(now),
-                Some(_) => s.recovery_until = None,
-                None => {}
-            }
-        } else if pure && ack == s.acked && !s.in_flight.is_empty() {
-            // The receiver reports a gap (it acknowledges at once when data
-            // arrives out of order).
-            s.dup_acks += 1;
-            if s.dup_acks == 2 && s.recovery_until.is_none() {
-                s.recovery_until = Some(s.next_offset);
-                self.retransmit_first(now);
+            // Segments shrunk after timeouts grow back once things go well
+            // (a lossy stretch is not a size limit).
+            if s.good_acks >= GROW_AFTER_ACKS && s.max_segment < s.ceiling {
+                s.max_segment = (s.max_segment * 2).min(s.ceiling);
+                s.good_acks = 0;
             }
         }
+        if !sack.is_empty() {
+            for seg in s.in_flight.iter_mut() {
+                if !seg.sacked && sack.iter().any(|r| r[0] <= seg.offset && seg.end() <= r[1]) {
+                    seg.sacked = true;
+                }
+            }
+            self.retransmit_sacked_holes(now);
+        }
         self.check_done(now);
+    }
+
+    /// Retransmits every segment the receiver evidently lost: one that is
+    /// not selectively acknowledged while at least [`REORDER_SEGMENTS`]
+    /// segments sent after it are, and that was not already resent within
+    /// the last round trip.
+    fn retransmit_sacked_holes(&mut self, now: Instant) {
+        let rtt = self.send.rtt.srtt.unwrap_or(self.send.rtt.rto);
+        let mut sacked_after = 0u32;
+        let mut lost = Vec::new();
+        for (i, seg) in self.send.in_flight.iter().enumerate().rev() {
+            if seg.sacked {
+                sacked_after += 1;
+            } else if sacked_after >= REORDER_SEGMENTS
+                && (!seg.retransmitted || now >= seg.sent_at + rtt)
+            {
+                lost.push(i);
+            }
+        }
+        for &i in lost.iter().rev() {
+            if let Some(seg) = self.send.in_flight.get_mut(i) {
+                seg.sent_at = now;
+                seg.retransmitted = true;
+            }
+            if let Some(seg) = self.send.in_flight.get(i) {
+                let msg = self.segment_message(seg);
+                self.out.push_back(Output::Publish(msg));
+            }
+        }
+        if !lost.is_empty() {
+            self.acknowledged_in_data();
+        }
     }
 
     fn on_rto(&mut self, now: Instant) {
@@ -944,10 +1024,11 @@ impl Stream {
             return;
         }
         self.send.backoff += 1;
+        self.send.good_acks = 0;
         // Big events that keep vanishing while relays take them may exceed a
         // relay's size limit (some relays drop them without an answer): try
         // smaller ones.
-        if self.send.backoff >= 2 && !self.send.path_down {
+        if self.send.backoff >= SHRINK_AFTER_TIMEOUTS && !self.send.path_down {
             let smaller = (self.send.max_segment / 2).max(self.config.min_segment);
             if smaller < self.send.max_segment {
                 log::info!(
@@ -959,6 +1040,32 @@ impl Stream {
             }
         }
         self.retransmit_first(now);
+        // Every other hole the receiver reported is lost too by now.
+        let holes: Vec<usize> = self.holes_below_sacked().collect();
+        for i in holes {
+            if let Some(seg) = self.send.in_flight.get_mut(i) {
+                seg.sent_at = now;
+                seg.retransmitted = true;
+            }
+            if let Some(seg) = self.send.in_flight.get(i) {
+                let msg = self.segment_message(seg);
+                self.out.push_back(Output::Publish(msg));
+            }
+        }
+    }
+
+    /// Indexes (after the first) of in-flight segments that are not
+    /// selectively acknowledged while a later one is.
+    fn holes_below_sacked(&self) -> impl Iterator<Item = usize> + '_ {
+        let last_sacked = self.send.in_flight.iter().rposition(|seg| seg.sacked);
+        self.send
+            .in_flight
+            .iter()
+            .enumerate()
+            .skip(1)
+            .take_while(move |(i, _)| last_sacked.is_some_and(|l| *i < l))
+            .filter(|(_, seg)| !seg.sacked)
+            .map(|(i, _)| i)
     }
 
     fn backed_off_rto(&self) -> Duration {
@@ -988,6 +1095,7 @@ impl Stream {
                 fin: first.fin && i + 1 == n,
                 sent_at: now,
                 retransmitted: true,
+                sacked: false,
             });
             off += c.len() as u64;
         }
@@ -999,9 +1107,6 @@ impl Stream {
             self.send.in_flight.push_front(seg);
         }
         self.acknowledged_in_data();
-        if self.send.recovery_until.is_none() {
-            self.send.recovery_until = Some(self.send.next_offset);
-        }
         let rto = self.backed_off_rto();
         self.send.rto_deadline = Some(now + rto);
     }
@@ -1024,7 +1129,24 @@ impl Stream {
         m.data = seg.data.clone();
         m.ack = Some(self.recv.next);
         m.window = Some(self.config.window);
+        m.sack = self.sack_ranges();
         m
+    }
+
+    /// Ranges of out-of-order data held, for the peer to skip when it
+    /// retransmits (at most [`MAX_SACK_RANGES`], lowest first).
+    fn sack_ranges(&self) -> Option<Vec<[u64; 2]>> {
+        let mut ranges: Vec<[u64; 2]> = Vec::new();
+        for (&off, data) in &self.recv.pending {
+            let end = off + data.len() as u64;
+            let full = ranges.len() == MAX_SACK_RANGES;
+            match ranges.last_mut() {
+                Some(last) if off <= last[1] => last[1] = last[1].max(end),
+                _ if full => break,
+                _ => ranges.push([off, end]),
+            }
+        }
+        (!ranges.is_empty()).then_some(ranges)
     }
 
     fn can_send_more(&self) -> bool {
@@ -1095,6 +1217,7 @@ impl Stream {
             fin,
             sent_at: now,
             retransmitted: false,
+            sacked: false,
         };
         self.send.next_offset = seg.end();
         let msg = self.segment_message(&seg);
@@ -1113,6 +1236,7 @@ impl Stream {
         let mut m = Message::new(self.key.clone(), MessageType::Ack);
         m.ack = Some(self.recv.next);
         m.window = Some(self.config.window);
+        m.sack = self.sack_ranges();
         self.out.push_back(Output::Publish(m));
         self.acknowledged_in_data();
     }

@@ -249,6 +249,10 @@ pub struct Message {
     /// v2: bytes past `ack` the sender will accept (receive window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
+    /// v2: selective acknowledgement, `[start, end)` byte ranges the sender
+    /// holds beyond `ack` (out of order), lowest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sack: Option<Vec<[u64; 2]>>,
     /// v2: why an `ERROR` was sent (see [`ErrorReason`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -267,6 +271,7 @@ impl Message {
             seq: None,
             ack: None,
             window: None,
+            sack: None,
             reason: None,
         }
     }

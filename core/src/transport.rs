@@ -32,6 +32,11 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 const SEEN_IDS: usize = 16_384;
 /// Messages queued for one relay's websocket above which publishing waits.
 const MAX_RELAY_QUEUE: usize = 256;
+/// Relay notifications buffered for the router. The channel allocates every
+/// slot up front (about 350 bytes each), and the router only moves events
+/// on, so a few thousand are plenty; a router that falls further behind
+/// loses events, which version-2 streams retransmit.
+const NOTIFICATION_CHANNEL: usize = 4096;
 /// How many published events' sizes are remembered.
 const RECENT_EVENTS: usize = 1024;
 
@@ -120,7 +125,7 @@ impl Transport {
     /// [`Transport::add_relays`]. Must be called inside a tokio runtime.
     pub fn new() -> Self {
         let pool = RelayPool::builder()
-            .opts(RelayPoolOptions::new().notification_channel_size(65_536))
+            .opts(RelayPoolOptions::new().notification_channel_size(NOTIFICATION_CHANNEL))
             .build();
         let inner = Arc::new(Inner {
             pool,

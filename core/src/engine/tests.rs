@@ -253,13 +253,39 @@ fn retransmits_after_timeout_and_shrinks_segments_that_keep_vanishing() {
     let t2 = entry.poll_timeout().unwrap();
     assert!(t2 - t1 > t1 - t0, "backoff doubles the timeout");
     entry.handle_timeout(t2);
+    assert_eq!(
+        published(&drain(&mut entry)).len(),
+        1,
+        "same size after two timeouts"
+    );
+    let t2 = entry.poll_timeout().unwrap();
+    entry.handle_timeout(t2);
     let smaller = published(&drain(&mut entry));
-    assert_eq!(smaller.len(), 2, "split in half after the second timeout");
+    assert_eq!(smaller.len(), 2, "split in half after the third timeout");
     assert_eq!((smaller[0].seq, smaller[1].seq), (Some(0), Some(4)));
     for m in smaller {
         exit.handle_message(m, t2).unwrap();
     }
     assert_eq!(delivered(&drain(&mut exit)), b"abcdefgh");
+}
+
+#[test]
+fn a_segment_limit_resends_larger_messages_in_flight_split() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit) = open_pair(cfg(8), t0);
+    entry.write(b"abcdefghABCDEFGH", t0).unwrap();
+    assert_eq!(published(&drain(&mut entry)).len(), 2);
+    // The relay rejected both as too large.
+    entry.limit_segment(3, t0);
+    let resent = published(&drain(&mut entry));
+    let seqs: Vec<_> = resent.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(seqs, vec![0, 3, 6, 8, 11, 14]);
+    assert!(resent.iter().all(|m| m.data.len() <= 3));
+    for m in resent {
+        exit.handle_message(m, t0).unwrap();
+    }
+    assert_eq!(delivered(&drain(&mut exit)), b"abcdefghABCDEFGH");
+    assert_eq!(entry.max_segment(), 3);
 }
 
 #[test]

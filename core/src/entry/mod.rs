@@ -11,6 +11,7 @@ pub mod socks5;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -435,6 +436,8 @@ pub struct EntryProxy {
     http_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Accept loops still running.
+    listening: Arc<AtomicUsize>,
 }
 
 #[derive(Clone, Copy)]
@@ -444,45 +447,69 @@ enum Protocol {
 }
 
 impl EntryProxy {
-    /// Binds the configured listeners and starts serving.
+    /// Binds the configured listeners and starts serving. On error nothing
+    /// is left running.
     pub async fn start(config: EntryConfig) -> Result<Self, EntryError> {
         let entry = Entry::new(config.clone()).await?;
         let cancel = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(config.max_connections));
-        let mut tasks = Vec::new();
-        let bind = |addr: Option<SocketAddr>, proto: Protocol| {
-            let entry = entry.clone();
-            let cancel = cancel.clone();
-            let limit = limit.clone();
-            async move {
-                let Some(addr) = addr else { return Ok(None) };
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| EntryError::Bind { addr, source })?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|source| EntryError::Bind { addr, source })?;
-                let task = tokio::spawn(accept_loop(listener, proto, entry, cancel, limit));
-                Ok::<_, EntryError>(Some((local, task)))
-            }
-        };
-        let socks = bind(config.socks_listen, Protocol::Socks5).await?;
-        let http = bind(config.http_listen, Protocol::Http).await?;
-        let mut addr_of = |x: Option<(SocketAddr, tokio::task::JoinHandle<()>)>| {
-            x.map(|(a, t)| {
-                tasks.push(t);
-                a
-            })
-        };
-        let socks_addr = addr_of(socks);
-        let http_addr = addr_of(http);
-        Ok(Self {
+        let listening = Arc::new(AtomicUsize::new(0));
+        let mut proxy = Self {
             entry,
-            socks_addr,
-            http_addr,
+            socks_addr: None,
+            http_addr: None,
             cancel,
-            tasks,
-        })
+            tasks: Vec::new(),
+            listening,
+        };
+        for (addr, proto) in [
+            (config.socks_listen, Protocol::Socks5),
+            (config.http_listen, Protocol::Http),
+        ] {
+            let Some(addr) = addr else { continue };
+            match proxy.listen(addr, proto, limit.clone()).await {
+                Ok(local) => match proto {
+                    Protocol::Socks5 => proxy.socks_addr = Some(local),
+                    Protocol::Http => proxy.http_addr = Some(local),
+                },
+                Err(e) => {
+                    proxy.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(proxy)
+    }
+
+    async fn listen(
+        &mut self,
+        addr: SocketAddr,
+        proto: Protocol,
+        limit: Arc<Semaphore>,
+    ) -> Result<SocketAddr, EntryError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| EntryError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| EntryError::Bind { addr, source })?;
+        self.listening.fetch_add(1, Ordering::Relaxed);
+        self.tasks.push(tokio::spawn(accept_loop(
+            listener,
+            proto,
+            self.entry.clone(),
+            self.cancel.clone(),
+            limit,
+            self.listening.clone(),
+        )));
+        Ok(local)
+    }
+
+    /// Whether every configured listener is still accepting connections.
+    /// False once the OS has taken a listening socket away (iOS does so in
+    /// the background); start the proxy again then.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed) == self.tasks.len()
     }
 
     /// Where the SOCKS5 proxy listens.
@@ -516,7 +543,17 @@ async fn accept_loop(
     entry: Entry,
     cancel: CancellationToken,
     limit: Arc<Semaphore>,
+    listening: Arc<AtomicUsize>,
 ) {
+    // Counts this loop as listening until it returns, whatever the reason.
+    struct Listening(Arc<AtomicUsize>);
+    impl Drop for Listening {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _listening = Listening(listening);
+    let mut failures = 0u32;
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -524,10 +561,23 @@ async fn accept_loop(
         };
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    failures = 0;
+                    x
+                }
+                Err(e) if listener_is_gone(&e) => {
+                    log::warn!("listener closed by the system ({e}); start the proxy again");
+                    return;
+                }
                 Err(e) => {
+                    // Out of file descriptors and the like: back off, bounded.
+                    failures += 1;
                     log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let wait = Duration::from_millis(50 << failures.min(6));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => return,
+                    }
                     continue;
                 }
             },
@@ -551,6 +601,27 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Whether an accept error means the listening socket itself is gone
+/// (closed or invalidated by the OS) rather than a passing condition.
+fn listener_is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_codes::EBADF | libc_codes::EINVAL | libc_codes::ENOTSOCK)
+    )
+}
+
+/// The POSIX error numbers `listener_is_gone` looks for (same values on
+/// Linux, Android, macOS and iOS).
+mod libc_codes {
+    pub const EBADF: i32 = 9;
+    pub const EINVAL: i32 = 22;
+    pub const ENOTSOCK: i32 = if cfg!(any(target_os = "macos", target_os = "ios")) {
+        38
+    } else {
+        88
+    };
 }
 
 async fn serve_socks(entry: &Entry, mut sock: TcpStream) {

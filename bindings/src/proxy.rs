@@ -1,0 +1,636 @@
+//! The in-app entry proxy: [`NwsProxy`] wraps core's `EntryProxy` (SOCKS5
+//! and HTTP on loopback) with the lifecycle an app needs: start, stop,
+//! status, a listener, and a restart on the same ports after the OS took the
+//! listening sockets away (iOS does that to suspended apps).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nostr::{PublicKey, RelayUrl};
+use nws_core::entry::{Credentials, Entry, EntryConfig, EntryProxy};
+
+use crate::error::NwsError;
+use crate::listener::{notify_state, set_log_listener, ProxyListener};
+use crate::runtime::{run, runtime};
+use crate::stream::{open_on, NwsStream};
+
+/// Longest user name or password SOCKS5 can carry (RFC 1929), in bytes.
+const MAX_CREDENTIAL_LEN: usize = 255;
+/// How long the liveness probe of a listening port may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How to start a proxy. In Kotlin and Swift every field but `relays` has
+/// the default shown.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ProxyConfig {
+    /// Relay URLs (`ws://` or `wss://`) for names that carry no relays (an
+    /// `npub1…` host); `.nostr` and `nprofile1…` names bring their own. May
+    /// be empty if only such names are used.
+    pub relays: Vec<String>,
+    /// IP address to listen on; `localhost` means `127.0.0.1`. Anything but
+    /// loopback exposes the proxy to the network. Default `127.0.0.1`.
+    #[uniffi(default = "127.0.0.1")]
+    pub listen_host: String,
+    /// Serve SOCKS5 (RFC 1928, with RFC 1929 authentication). Default `true`.
+    #[uniffi(default = true)]
+    pub socks: bool,
+    /// SOCKS5 port; 0 picks a free port on the first start and reuses it on
+    /// later starts while it is free. Default 0.
+    #[uniffi(default = 0)]
+    pub socks_port: u16,
+    /// Serve the HTTP proxy (`CONNECT` and absolute-form requests). Default `true`.
+    #[uniffi(default = true)]
+    pub http: bool,
+    /// HTTP proxy port; 0 as for `socks_port`. Default 0.
+    #[uniffi(default = 0)]
+    pub http_port: u16,
+    /// Require credentials from clients: fresh random ones on every start
+    /// (returned in [`ProxyInfo`]) unless `credentials` is set. Other apps on
+    /// the device can reach loopback too; turn this off only for tests.
+    /// Default `true`.
+    #[uniffi(default = true)]
+    pub require_credentials: bool,
+    /// Fixed credentials instead of random ones (they are then required even
+    /// if `require_credentials` is false). Each field 1 to 255 bytes. Default none.
+    #[uniffi(default = None)]
+    pub credentials: Option<ProxyCredentials>,
+    /// How long to wait for a relay connection, and then for the exit's
+    /// answer, when opening a stream, in milliseconds. Default 10 000.
+    #[uniffi(default = 10000)]
+    pub connect_timeout_ms: u64,
+    /// Exits that speak only the legacy wire format of the reference Go
+    /// implementation (`npub1…` or hex public keys). Default empty.
+    #[uniffi(default = [])]
+    pub legacy_exits: Vec<String>,
+}
+
+impl ProxyConfig {
+    /// The defaults above with these relays (for Rust callers; Kotlin and
+    /// Swift get the defaults from the generated constructor).
+    pub fn new(relays: Vec<String>) -> Self {
+        Self {
+            relays,
+            listen_host: "127.0.0.1".into(),
+            socks: true,
+            socks_port: 0,
+            http: true,
+            http_port: 0,
+            require_credentials: true,
+            credentials: None,
+            connect_timeout_ms: 10_000,
+            legacy_exits: Vec::new(),
+        }
+    }
+}
+
+/// A user name and password for the proxy: SOCKS5 username/password
+/// authentication (RFC 1929) and HTTP `Proxy-Authorization: Basic` (RFC 7617).
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ProxyCredentials {
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for ProxyCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl From<&Credentials> for ProxyCredentials {
+    fn from(c: &Credentials) -> Self {
+        Self {
+            username: c.username.clone(),
+            password: c.password.clone(),
+        }
+    }
+}
+
+/// Where a started proxy listens, and what clients must present.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ProxyInfo {
+    /// The listen address (`127.0.0.1` by default), as an IP literal.
+    pub host: String,
+    /// The SOCKS5 port, if SOCKS5 is on.
+    pub socks_port: Option<u16>,
+    /// The HTTP proxy port, if the HTTP proxy is on.
+    pub http_port: Option<u16>,
+    /// The credentials clients must present, if any (new on every `start()`
+    /// after a `stop()`; kept by `restart()`).
+    pub credentials: Option<ProxyCredentials>,
+}
+
+/// Lifecycle state of a proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ProxyState {
+    /// Not listening (before the first start, after `stop()`, or after a
+    /// failed start).
+    Stopped,
+    /// Binding its ports and setting up relays.
+    Starting,
+    /// Listening and serving clients.
+    Running,
+    /// Closing its listeners, client connections and relay connections.
+    Stopping,
+}
+
+/// A snapshot of a proxy's state and counters. Counters start at zero on
+/// every start.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ProxyStatus {
+    /// The lifecycle state.
+    pub state: ProxyState,
+    /// Relays connected now.
+    pub relays_connected: u32,
+    /// Relays known (configured, or learnt from names used so far).
+    pub relays_known: u32,
+    /// Streams open now.
+    pub streams_open: u32,
+    /// Streams opened since start.
+    pub streams_total: u64,
+    /// Bytes sent from local clients towards exits, since start.
+    pub bytes_sent: u64,
+    /// Bytes received from exits and delivered to local clients, since start.
+    pub bytes_received: u64,
+}
+
+/// The configuration, checked and converted once.
+struct Settings {
+    relays: Vec<RelayUrl>,
+    host: IpAddr,
+    socks_port: Option<u16>,
+    http_port: Option<u16>,
+    require_credentials: bool,
+    credentials: Option<Credentials>,
+    connect_timeout: Duration,
+    legacy_exits: Vec<PublicKey>,
+}
+
+impl Settings {
+    fn parse(c: ProxyConfig) -> Result<Self, NwsError> {
+        let relays = c
+            .relays
+            .iter()
+            .map(|r| {
+                RelayUrl::parse(r).map_err(|e| NwsError::invalid(format!("relay URL `{r}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let host = if c.listen_host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            c.listen_host.parse().map_err(|_| {
+                NwsError::invalid(format!(
+                    "listen host `{}` is not an IP address",
+                    c.listen_host
+                ))
+            })?
+        };
+        if !c.socks && !c.http {
+            return Err(NwsError::invalid("neither SOCKS5 nor HTTP is enabled"));
+        }
+        if c.connect_timeout_ms == 0 {
+            return Err(NwsError::invalid("connect timeout must be above 0 ms"));
+        }
+        let credentials = match c.credentials {
+            Some(p) => {
+                for (what, v) in [("user name", &p.username), ("password", &p.password)] {
+                    if v.is_empty() || v.len() > MAX_CREDENTIAL_LEN {
+                        return Err(NwsError::invalid(format!(
+                            "proxy {what} must be 1 to {MAX_CREDENTIAL_LEN} bytes"
+                        )));
+                    }
+                }
+                Some(Credentials {
+                    username: p.username,
+                    password: p.password,
+                })
+            }
+            None => None,
+        };
+        let legacy_exits = c
+            .legacy_exits
+            .iter()
+            .map(|k| {
+                PublicKey::parse(k)
+                    .map_err(|e| NwsError::invalid(format!("legacy exit `{k}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            relays,
+            host,
+            socks_port: c.socks.then_some(c.socks_port),
+            http_port: c.http.then_some(c.http_port),
+            require_credentials: c.require_credentials,
+            credentials,
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            legacy_exits,
+        })
+    }
+
+    /// The credentials for a fresh start.
+    fn fresh_credentials(&self) -> Option<Credentials> {
+        match &self.credentials {
+            Some(c) => Some(c.clone()),
+            None => self.require_credentials.then(Credentials::random),
+        }
+    }
+}
+
+struct Running {
+    proxy: EntryProxy,
+    credentials: Option<Credentials>,
+    info: ProxyInfo,
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    running: Option<Running>,
+    /// Ports bound by the last start, reused by the next one while free.
+    last_socks_port: Option<u16>,
+    last_http_port: Option<u16>,
+}
+
+struct Snapshot {
+    state: ProxyState,
+    info: Option<ProxyInfo>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An NWS entry proxy inside the app: SOCKS5 and/or HTTP on loopback,
+/// routing `.nostr`, `npub1…` and `nprofile1…` hosts to their exit through
+/// relays. Point the app's HTTP client at it with the address, ports and
+/// credentials [`start`](NwsProxy::start) returns.
+///
+/// All methods may be called from any thread; `start`, `restart` and `stop`
+/// are serialized.
+#[derive(uniffi::Object)]
+pub struct NwsProxy {
+    id: u64,
+    settings: Settings,
+    lifecycle: tokio::sync::Mutex<Lifecycle>,
+    snapshot: Mutex<Snapshot>,
+    listener: Mutex<Option<Arc<dyn ProxyListener>>>,
+}
+
+#[uniffi::export]
+impl NwsProxy {
+    /// A stopped proxy with this configuration; nothing listens yet.
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::InvalidConfig`] if a relay URL or legacy exit key does not
+    /// parse, the listen host is not an IP address, neither protocol is on,
+    /// the timeout is 0, or fixed credentials are empty or over 255 bytes.
+    #[uniffi::constructor]
+    pub fn new(config: ProxyConfig) -> Result<Arc<Self>, NwsError> {
+        crate::listener::install();
+        Ok(Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            settings: Settings::parse(config)?,
+            lifecycle: tokio::sync::Mutex::new(Lifecycle::default()),
+            snapshot: Mutex::new(Snapshot {
+                state: ProxyState::Stopped,
+                info: None,
+            }),
+            listener: Mutex::new(None),
+        }))
+    }
+
+    /// Sets (or with `None` removes) the listener for this proxy's state
+    /// changes and for the library's log lines.
+    pub fn set_listener(&self, listener: Option<Arc<dyn ProxyListener>>) {
+        set_log_listener(self.id, listener.clone());
+        *lock(&self.listener) = listener;
+    }
+
+    /// Starts listening and returns where. If the proxy is already running
+    /// and its ports still accept connections, returns the same [`ProxyInfo`]
+    /// and changes nothing; if the OS closed its listening sockets, restarts
+    /// it as [`restart`](NwsProxy::restart) does. After a `stop()`, ports
+    /// configured as 0 come back on the previous port numbers when those are
+    /// free, and new random credentials are made.
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::Io`] if a port cannot be bound (say a fixed port in use),
+    /// [`NwsError::Relay`] if the relay pool refuses the relays.
+    pub async fn start(self: Arc<Self>) -> Result<ProxyInfo, NwsError> {
+        run(async move { self.start_inner(false).await }).await
+    }
+
+    /// Stops the proxy if it runs and starts it again on the same ports (when
+    /// free) with the same credentials, so that clients configured before
+    /// keep working. Call it when the app returns to the foreground on iOS.
+    /// Open client connections are closed.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](NwsProxy::start).
+    pub async fn restart(self: Arc<Self>) -> Result<ProxyInfo, NwsError> {
+        run(async move { self.start_inner(true).await }).await
+    }
+
+    /// Stops listening, closes every client connection and stream, and
+    /// disconnects from the relays. Does nothing if the proxy is stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::Internal`] only if the runtime failed.
+    pub async fn stop(self: Arc<Self>) -> Result<(), NwsError> {
+        run(async move {
+            let mut lifecycle = self.lifecycle.lock().await;
+            if let Some(running) = lifecycle.running.take() {
+                self.set_state(ProxyState::Stopping, None);
+                running.proxy.stop().await;
+                self.set_state(ProxyState::Stopped, None);
+                log::info!("proxy stopped");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The state and counters now (relay counts ask the relay pool).
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::Internal`] only if the runtime failed.
+    pub async fn status(self: Arc<Self>) -> Result<ProxyStatus, NwsError> {
+        run(async move {
+            let entry = self.entry().await;
+            let state = self.state();
+            let Some(entry) = entry else {
+                return Ok(ProxyStatus {
+                    state,
+                    relays_connected: 0,
+                    relays_known: 0,
+                    streams_open: 0,
+                    streams_total: 0,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                });
+            };
+            let (connected, known) = entry.relay_counts().await;
+            let stats = entry.stats();
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            Ok(ProxyStatus {
+                state,
+                relays_connected: count(connected),
+                relays_known: count(known),
+                streams_open: count(stats.streams_open.load(Ordering::Relaxed)),
+                streams_total: stats.streams_total.load(Ordering::Relaxed),
+                bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+                bytes_received: stats.bytes_received.load(Ordering::Relaxed),
+            })
+        })
+        .await
+    }
+
+    /// The lifecycle state now, without waiting.
+    pub fn state(&self) -> ProxyState {
+        lock(&self.snapshot).state
+    }
+
+    /// Where the proxy listens while it runs (`None` when it is not running),
+    /// without waiting.
+    pub fn info(&self) -> Option<ProxyInfo> {
+        lock(&self.snapshot).info.clone()
+    }
+
+    /// Opens a stream through the running proxy's relays to `destination`,
+    /// `host:port` where host is an NWS name, for bytes without a proxy
+    /// client. Counted in [`status`](NwsProxy::status); closed by `stop()`.
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::Stopped`] if the proxy is not running; otherwise as
+    /// [`open_stream`](crate::open_stream).
+    pub async fn open_stream(
+        self: Arc<Self>,
+        destination: String,
+    ) -> Result<Arc<NwsStream>, NwsError> {
+        run(async move {
+            let entry = self
+                .entry()
+                .await
+                .ok_or_else(|| NwsError::stopped("the proxy is not running"))?;
+            open_on(entry, false, &destination).await
+        })
+        .await
+    }
+}
+
+impl NwsProxy {
+    async fn entry(&self) -> Option<Entry> {
+        let lifecycle = self.lifecycle.lock().await;
+        lifecycle.running.as_ref().map(|r| r.proxy.entry().clone())
+    }
+
+    async fn start_inner(&self, restart: bool) -> Result<ProxyInfo, NwsError> {
+        let mut lifecycle = self.lifecycle.lock().await;
+        let credentials = match lifecycle.running.take() {
+            Some(running) => {
+                if !restart && self.listening(&running.info).await {
+                    let info = running.info.clone();
+                    lifecycle.running = Some(running);
+                    return Ok(info);
+                }
+                if !restart {
+                    log::warn!("proxy listeners are gone (closed by the OS?): restarting");
+                }
+                self.set_state(ProxyState::Stopping, None);
+                running.proxy.stop().await;
+                running.credentials
+            }
+            None => self.settings.fresh_credentials(),
+        };
+        self.set_state(ProxyState::Starting, None);
+        let s = &self.settings;
+        let mut config = EntryConfig::new(s.relays.clone());
+        let socks_port = s
+            .socks_port
+            .map(|p| reusable_port(s.host, p, lifecycle.last_socks_port));
+        let http_port = s
+            .http_port
+            .map(|p| reusable_port(s.host, p, lifecycle.last_http_port));
+        config.socks_listen = socks_port.map(|p| SocketAddr::new(s.host, p));
+        config.http_listen = http_port.map(|p| SocketAddr::new(s.host, p));
+        config.credentials = credentials.clone();
+        config.connect_timeout = s.connect_timeout;
+        config.legacy_exits = s.legacy_exits.clone();
+        let proxy = match EntryProxy::start(config).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.set_state(ProxyState::Stopped, None);
+                log::warn!("proxy did not start: {e}");
+                return Err(e.into());
+            }
+        };
+        lifecycle.last_socks_port = proxy.socks_addr().map(|a| a.port());
+        lifecycle.last_http_port = proxy.http_addr().map(|a| a.port());
+        let info = ProxyInfo {
+            host: s.host.to_string(),
+            socks_port: lifecycle.last_socks_port,
+            http_port: lifecycle.last_http_port,
+            credentials: credentials.as_ref().map(ProxyCredentials::from),
+        };
+        log::info!(
+            "proxy running on {}: SOCKS5 port {:?}, HTTP port {:?}",
+            info.host,
+            info.socks_port,
+            info.http_port
+        );
+        lifecycle.running = Some(Running {
+            proxy,
+            credentials,
+            info: info.clone(),
+        });
+        self.set_state(ProxyState::Running, Some(info.clone()));
+        Ok(info)
+    }
+
+    /// Whether every listening port of `info` still accepts a TCP connection.
+    async fn listening(&self, info: &ProxyInfo) -> bool {
+        let host = match self.settings.host {
+            IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            a => a,
+        };
+        for port in [info.socks_port, info.http_port].into_iter().flatten() {
+            let connect = tokio::net::TcpStream::connect(SocketAddr::new(host, port));
+            match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+                Ok(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn set_state(&self, state: ProxyState, info: Option<ProxyInfo>) {
+        {
+            let mut snapshot = lock(&self.snapshot);
+            if snapshot.state == state && snapshot.info == info {
+                return;
+            }
+            snapshot.state = state;
+            snapshot.info = info;
+        }
+        if let Some(l) = lock(&self.listener).clone() {
+            notify_state(l, state);
+        }
+    }
+}
+
+impl Drop for NwsProxy {
+    /// A proxy dropped while running is stopped in the background.
+    fn drop(&mut self) {
+        set_log_listener(self.id, None);
+        if let Some(running) = self.lifecycle.get_mut().running.take() {
+            if let Ok(rt) = runtime() {
+                rt.spawn(running.proxy.stop());
+            }
+        }
+    }
+}
+
+/// The port to bind: the configured one, or for a configured 0 the port of
+/// the last start while it is free (so that clients configured with it keep
+/// working), else 0 for a new free port.
+fn reusable_port(host: IpAddr, configured: u16, last: Option<u16>) -> u16 {
+    match (configured, last) {
+        (0, Some(port)) => {
+            // Binding and closing at once is how to ask "is it free?";
+            // SO_REUSEADDR (set by std and tokio on Unix) lets the real bind
+            // follow right away.
+            if std::net::TcpListener::bind(SocketAddr::new(host, port)).is_ok() {
+                port
+            } else {
+                log::warn!("port {port} is taken now: listening on a new free port");
+                0
+            }
+        }
+        (configured, _) => configured,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_a_relay_url_that_does_not_parse() {
+        let r = NwsProxy::new(ProxyConfig::new(vec!["not a url".into()]));
+        assert!(matches!(r, Err(NwsError::InvalidConfig { .. })));
+    }
+
+    #[test]
+    fn rejects_a_host_name_as_listen_host() {
+        let mut c = ProxyConfig::new(vec![]);
+        c.listen_host = "example.com".into();
+        assert!(matches!(
+            NwsProxy::new(c),
+            Err(NwsError::InvalidConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_a_proxy_with_no_protocol() {
+        let mut c = ProxyConfig::new(vec![]);
+        c.socks = false;
+        c.http = false;
+        assert!(matches!(
+            NwsProxy::new(c),
+            Err(NwsError::InvalidConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn credentials_are_random_per_start_unless_fixed() {
+        let s = Settings::parse(ProxyConfig::new(vec![])).unwrap();
+        let (a, b) = (
+            s.fresh_credentials().unwrap(),
+            s.fresh_credentials().unwrap(),
+        );
+        assert_ne!(a.password, b.password);
+
+        let mut c = ProxyConfig::new(vec![]);
+        c.require_credentials = false;
+        assert!(Settings::parse(c.clone())
+            .unwrap()
+            .fresh_credentials()
+            .is_none());
+        c.credentials = Some(ProxyCredentials {
+            username: "u".into(),
+            password: "p".into(),
+        });
+        let fixed = Settings::parse(c).unwrap().fresh_credentials().unwrap();
+        assert_eq!(
+            (fixed.username.as_str(), fixed.password.as_str()),
+            ("u", "p")
+        );
+    }
+
+    #[test]
+    fn a_free_previous_port_is_reused_and_a_taken_one_is_not() {
+        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let taken = std::net::TcpListener::bind((host, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        assert_eq!(reusable_port(host, 0, Some(port)), 0);
+        drop(taken);
+        assert_eq!(reusable_port(host, 0, Some(port)), port);
+        assert_eq!(reusable_port(host, 0, None), 0);
+        assert_eq!(reusable_port(host, 4321, Some(port)), 4321);
+    }
+}

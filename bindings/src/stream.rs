@@ -1,0 +1,261 @@
+//! Streams without a proxy: [`open_stream`] (and `NwsProxy::open_stream`)
+//! give the app an [`NwsStream`] to read and write bytes directly.
+//!
+//! Core joins an NWS stream to anything that is `AsyncRead + AsyncWrite`;
+//! here that is one end of an in-memory pipe (`tokio::io::duplex`), run by a
+//! task on the shared runtime, and the [`NwsStream`] object reads and writes
+//! the other end.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nostr::RelayUrl;
+use nws_core::entry::{Entry, EntryConfig};
+use nws_core::protocol::ErrorReason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
+
+use crate::error::NwsError;
+use crate::runtime::run;
+
+/// Bytes buffered in the pipe between the app and the stream, each way.
+const PIPE_BYTES: usize = 64 * 1024;
+/// Largest read, in bytes (bigger requests are cut to this).
+const MAX_READ: u32 = 1024 * 1024;
+/// How long a read that saw the end of the stream waits to learn whether
+/// the stream was aborted rather than closed.
+const OUTCOME_WAIT: Duration = Duration::from_millis(50);
+
+/// One open NWS stream: an ordered, reliable byte stream to the exit's
+/// backend, like a TCP connection.
+///
+/// `read` and `write` may run concurrently (one reader and one writer at a
+/// time each). Dropping the object closes the stream as `close` does.
+#[derive(uniffi::Object)]
+pub struct NwsStream {
+    destination: String,
+    reader: tokio::sync::Mutex<Option<ReadHalf<DuplexStream>>>,
+    writer: tokio::sync::Mutex<Option<WriteHalf<DuplexStream>>>,
+    task: Mutex<Option<JoinHandle<Result<(), ErrorReason>>>>,
+    aborted: Mutex<Option<ErrorReason>>,
+}
+
+/// Opens a stream to `destination`, `host:port` where host is an NWS name
+/// (`.nostr`, `npub1…`, `nprofile1…`), over its own relay connections: the
+/// name's relays, or `relays` (`ws://`/`wss://` URLs) for a name without
+/// any. Waits up to 10 s for a relay and then for the exit's answer. The
+/// relay connections close with the stream. To share relays with a running
+/// proxy, use `NwsProxy::open_stream` instead.
+///
+/// # Errors
+///
+/// [`NwsError::InvalidConfig`] if `destination` has no valid port or a relay
+/// URL does not parse; [`NwsError::BadName`] or [`NwsError::NotNwsName`] for
+/// the host; [`NwsError::NoRelayReachable`]; [`NwsError::ExitRefused`] with
+/// the exit's reason; [`NwsError::Timeout`] if the exit did not answer.
+#[uniffi::export]
+pub async fn open_stream(
+    destination: String,
+    relays: Vec<String>,
+) -> Result<Arc<NwsStream>, NwsError> {
+    run(async move {
+        let relays = relays
+            .iter()
+            .map(|r| {
+                RelayUrl::parse(r).map_err(|e| NwsError::invalid(format!("relay URL `{r}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let entry = Entry::new(EntryConfig::new(relays)).await?;
+        let opened = open_on(entry.clone(), true, &destination).await;
+        if opened.is_err() {
+            entry.shutdown().await;
+        }
+        opened
+    })
+    .await
+}
+
+/// Opens a stream on `entry` (to be called on the runtime); with `owned`,
+/// the entry is shut down when the stream ends.
+pub(crate) async fn open_on(
+    entry: Entry,
+    owned: bool,
+    destination: &str,
+) -> Result<Arc<NwsStream>, NwsError> {
+    let (host, port) = split_destination(destination)?;
+    let stream = entry.open(host, port).await?;
+    log::debug!("stream {} to {destination} open", stream.key());
+    let (app_end, core_end) = tokio::io::duplex(PIPE_BYTES);
+    let task = tokio::spawn(async move {
+        let result = stream.run(core_end, Vec::new()).await;
+        if owned {
+            entry.shutdown().await;
+        }
+        result
+    });
+    let (reader, writer) = tokio::io::split(app_end);
+    Ok(Arc::new(NwsStream {
+        destination: destination.to_string(),
+        reader: tokio::sync::Mutex::new(Some(reader)),
+        writer: tokio::sync::Mutex::new(Some(writer)),
+        task: Mutex::new(Some(task)),
+        aborted: Mutex::new(None),
+    }))
+}
+
+/// Splits `host:port`.
+fn split_destination(destination: &str) -> Result<(&str, u16), NwsError> {
+    let bad = || {
+        NwsError::invalid(format!(
+            "destination `{destination}` is not host:port with a port from 1 to 65535"
+        ))
+    };
+    let (host, port) = destination.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+#[uniffi::export]
+impl NwsStream {
+    /// The destination as given when opening, `host:port`.
+    pub fn destination(&self) -> String {
+        self.destination.clone()
+    }
+
+    /// Waits for bytes from the backend and returns 1 to `max_bytes` of
+    /// them (at most 1 MiB), or an empty array at the end of the stream
+    /// (the backend closed its side).
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::ExitRefused`] if the exit aborted the stream (with its
+    /// reason), [`NwsError::Stopped`] after `close()`.
+    pub async fn read(self: Arc<Self>, max_bytes: u32) -> Result<Vec<u8>, NwsError> {
+        run(async move {
+            let mut guard = self.reader.lock().await;
+            let reader = guard
+                .as_mut()
+                .ok_or_else(|| NwsError::stopped("the stream is closed"))?;
+            let mut buf = vec![0; max_bytes.clamp(1, MAX_READ) as usize];
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                if let Some(reason) = self.abort_reason(OUTCOME_WAIT).await {
+                    return Err(NwsError::exit_refused(&reason));
+                }
+            }
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .await
+    }
+
+    /// Sends all of `data` (returns once it is queued for the stream, which
+    /// applies back-pressure: a slow peer makes this wait).
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::ExitRefused`] if the exit aborted the stream,
+    /// [`NwsError::Stopped`] if the stream is closed.
+    pub async fn write(self: Arc<Self>, data: Vec<u8>) -> Result<(), NwsError> {
+        run(async move {
+            let mut guard = self.writer.lock().await;
+            let writer = guard
+                .as_mut()
+                .ok_or_else(|| NwsError::stopped("the stream is closed for writing"))?;
+            if writer.write_all(&data).await.is_err() {
+                return Err(match self.abort_reason(OUTCOME_WAIT).await {
+                    Some(reason) => NwsError::exit_refused(&reason),
+                    None => NwsError::stopped("the stream is closed"),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Closes the stream: the backend sees the end of the stream after the
+    /// bytes already written, and bytes not yet read are discarded. If the
+    /// backend still sends after this, the stream is aborted instead
+    /// (`connection-reset`), which may cut bytes still in flight: read the
+    /// reply before closing. Later reads and writes fail with
+    /// [`NwsError::Stopped`]. Closing twice does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::Internal`] only if the runtime failed.
+    pub async fn close(self: Arc<Self>) -> Result<(), NwsError> {
+        run(async move {
+            if let Some(mut writer) = self.writer.lock().await.take() {
+                let _ = writer.shutdown().await;
+            }
+            self.reader.lock().await.take();
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl NwsStream {
+    /// Why the stream was aborted, if its task ended with an abort within
+    /// `wait` (the task ends right after it drops its end of the pipe).
+    async fn abort_reason(&self, wait: Duration) -> Option<ErrorReason> {
+        if let Some(reason) = lock(&self.aborted).clone() {
+            return Some(reason);
+        }
+        let mut task = lock(&self.task).take()?;
+        match tokio::time::timeout(wait, &mut task).await {
+            Ok(Ok(Err(reason))) => {
+                *lock(&self.aborted) = Some(reason.clone());
+                Some(reason)
+            }
+            Ok(_) => None,
+            Err(_) => {
+                // Still running: the peer only closed its direction.
+                *lock(&self.task) = Some(task);
+                None
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_needs_host_and_port() {
+        assert_eq!(
+            split_destination("abc.nostr:80").unwrap(),
+            ("abc.nostr", 80)
+        );
+        for bad in [
+            "abc.nostr",
+            "abc.nostr:",
+            ":80",
+            "abc.nostr:0",
+            "abc.nostr:70000",
+        ] {
+            assert!(
+                matches!(split_destination(bad), Err(NwsError::InvalidConfig { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn opening_a_stream_to_a_non_nws_host_is_refused_without_network() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt.block_on(open_stream("example.com:80".into(), vec![]));
+        assert!(matches!(r, Err(NwsError::NotNwsName { .. })));
+    }
+}

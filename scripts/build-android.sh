@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Build the NWS Android library: libnws.so for arm64-v8a, armeabi-v7a and x86_64 with
+# cargo-ndk (profile release-mobile), the compiled Kotlin bindings (bindings/kotlin), and an
+# AAR that holds both:
+#
+#   scripts/build-android.sh             needs ANDROID_NDK_HOME (or ANDROID_NDK_ROOT),
+#                                        cargo-ndk (`cargo install cargo-ndk`) and Maven;
+#                                        writes target/android/nws-<version>.aar and
+#                                        target/android/jniLibs/<abi>/libnws.so
+#   scripts/build-android.sh --check     no NDK needed: `cargo check` of the bindings crate for
+#                                        aarch64-linux-android (all Rust type checking,
+#                                        including the android_logger code), with Debian's
+#                                        clang-14 standing in for the NDK's to compile ring's
+#                                        C for the target (compile only, nothing is linked).
+#                                        CI runs this.
+#
+# The AAR layout (see docs/MOBILE.md): AndroidManifest.xml, classes.jar (package
+# org.nostrwebservices.nws), jni/<abi>/libnws.so, and nws-<version>.pom next to it naming
+# the runtime dependencies (JNA as an AAR, kotlinx-coroutines-android).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ABIS=(arm64-v8a armeabi-v7a x86_64)
+RUST_TARGETS=(aarch64-linux-android armv7-linux-androideabi x86_64-linux-android)
+MIN_SDK=21
+JNA_VERSION=5.17.0
+COROUTINES_VERSION=1.10.2
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+if [ "${1:-}" = "--check" ]; then
+    target=aarch64-linux-android
+    rustup target add "$target" >/dev/null
+    clang=clang-14
+    command -v "$clang" >/dev/null || { log "$clang not found (apt-get install clang-14 llvm-14 libc6-dev-arm64-cross)"; exit 1; }
+    resource_dir="$("$clang" -print-resource-dir)"
+    export CC_aarch64_linux_android="$clang"
+    export AR_aarch64_linux_android=llvm-ar-14
+    # glibc's arm64 headers stand in for bionic's: ring's C only needs the basics.
+    export CFLAGS_aarch64_linux_android="--target=aarch64-linux-android$MIN_SDK -nostdlibinc \
+-isystem $resource_dir/include -isystem /usr/aarch64-linux-gnu/include"
+    log "cargo check --target $target -p nws-bindings --lib (no NDK: type check only)"
+    cargo check --target "$target" -p nws-bindings --lib
+    exit 0
+fi
+
+ndk="${ANDROID_NDK_HOME:-${ANDROID_NDK_ROOT:-}}"
+[ -n "$ndk" ] && [ -d "$ndk" ] || { log "set ANDROID_NDK_HOME to an Android NDK (r26 or newer)"; exit 1; }
+command -v cargo-ndk >/dev/null || { log "cargo-ndk not found: cargo install cargo-ndk"; exit 1; }
+
+rustup target add "${RUST_TARGETS[@]}"
+out=target/android
+rm -rf "$out" && mkdir -p "$out"
+
+ndk_targets=()
+for abi in "${ABIS[@]}"; do ndk_targets+=(-t "$abi"); done
+log "building libnws.so for ${ABIS[*]}"
+cargo ndk "${ndk_targets[@]}" --platform "$MIN_SDK" -o "$out/jniLibs" \
+    build --profile release-mobile -p nws-bindings --lib
+
+log "compiling the Kotlin bindings"
+mvn -B -ntp -q -f bindings/kotlin/pom.xml package -DskipTests
+version="$(sed -n 's:.*<version>\([0-9][^<]*\)</version>.*:\1:p' bindings/kotlin/pom.xml | head -n 1)"
+
+log "assembling the AAR"
+aar="$out/aar"
+mkdir -p "$aar/jni"
+cp "bindings/kotlin/target/nws-kotlin-$version.jar" "$aar/classes.jar"
+cp -r "$out/jniLibs/." "$aar/jni/"
+cat >"$aar/AndroidManifest.xml" <<EOF
+<?xml version="1.0" encoding="utf-8"?>
+<manifest xmlns:android="http://schemas.android.com/apk/res/android"
+    package="org.nostrwebservices.nws">
+    <uses-sdk android:minSdkVersion="$MIN_SDK" />
+    <uses-permission android:name="android.permission.INTERNET" />
+</manifest>
+EOF
+: >"$aar/R.txt"
+(cd "$aar" && rm -f "../nws-$version.aar" && zip -q -r "../nws-$version.aar" .)
+cat >"$out/nws-$version.pom" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>org.nostrwebservices</groupId>
+  <artifactId>nws</artifactId>
+  <version>$version</version>
+  <packaging>aar</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>net.java.dev.jna</groupId>
+      <artifactId>jna</artifactId>
+      <version>$JNA_VERSION</version>
+      <type>aar</type>
+    </dependency>
+    <dependency>
+      <groupId>org.jetbrains.kotlinx</groupId>
+      <artifactId>kotlinx-coroutines-android</artifactId>
+      <version>$COROUTINES_VERSION</version>
+    </dependency>
+  </dependencies>
+</project>
+EOF
+for abi in "${ABIS[@]}"; do
+    printf '%-12s %s bytes\n' "$abi" "$(stat -c %s "$out/jniLibs/$abi/libnws.so")"
+done
+log "wrote $out/nws-$version.aar and $out/nws-$version.pom"

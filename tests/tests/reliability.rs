@@ -1,0 +1,318 @@
+//! Streams over failing relays (issue: acknowledgements, retransmission,
+//! flow control, multi-relay failover): real `nws` processes, real relays,
+//! curl, and every transfer checked by SHA-256.
+
+use std::time::{Duration, Instant};
+
+use nws_tests::faulty::{FaultConfig, FaultyRelay};
+use nws_tests::process::NwsProcess;
+use nws_tests::{curl, sha256_hex, HttpBackend, ThirdPartyRelay};
+
+/// An exit in front of `backend` on `relays`, and an entry.
+async fn exit_and_entry(
+    relays: &[String],
+    backend: &HttpBackend,
+    exit_args: &[&str],
+    entry_args: &[&str],
+) -> (NwsProcess, NwsProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("exit.key");
+    let backend_addr = backend.host_port();
+    let mut args = vec![
+        "exit",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--backend",
+        &backend_addr,
+    ];
+    for r in relays {
+        args.extend_from_slice(&["--relay", r]);
+    }
+    args.extend_from_slice(exit_args);
+    let exit = NwsProcess::spawn(&args).await;
+    let mut args = vec!["entry", "--socks", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    for r in relays {
+        args.extend_from_slice(&["--relay", r]);
+    }
+    args.extend_from_slice(entry_args);
+    let entry = NwsProcess::spawn(&args).await;
+    (exit, entry, dir)
+}
+
+async fn nws_relay() -> NwsProcess {
+    NwsProcess::spawn(&["relay", "--listen", "127.0.0.1:0"]).await
+}
+
+/// Downloads `file` through the entry's SOCKS5 port while `during` runs;
+/// asserts the SHA-256 and reports the time.
+async fn download_while<F: std::future::Future<Output = ()>>(
+    label: &str,
+    entry: &NwsProcess,
+    domain: &str,
+    backend: &HttpBackend,
+    file: &str,
+    extra: &[&str],
+    during: F,
+) {
+    let url = format!("http://{domain}/{file}");
+    let socks = entry.value("socks5").to_string();
+    let mut args = vec!["--socks5-hostname", socks.as_str()];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let t = Instant::now();
+    let (out, ()) = tokio::join!(curl(&args), during);
+    assert_eq!(out.status, 0, "{label}: {out:?}");
+    assert_eq!(out.stdout.len(), backend.file(file).len(), "{label}");
+    assert_eq!(sha256_hex(&out.stdout), backend.sha256(file), "{label}");
+    eprintln!("{label}: {file} in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// Two relays; one is killed in the middle of a 50 MiB download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_survives_losing_one_of_two_relays() {
+    let backend = HttpBackend::start().await;
+    let mut a = nws_relay().await;
+    let b = nws_relay().await;
+    let relays = [a.value("relay").to_string(), b.value("relay").to_string()];
+    let (exit, entry, _dir) = exit_and_entry(&relays, &backend, &[], &[]).await;
+    let domain = exit.value("domain").to_string();
+    download_while(
+        "one of two relays killed",
+        &entry,
+        &domain,
+        &backend,
+        "50m",
+        &[],
+        async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            a.kill().await;
+        },
+    )
+    .await;
+}
+
+/// The only relay (nostr-rs-relay) restarts in the middle of a download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_survives_a_relay_restart() {
+    let backend = HttpBackend::start().await;
+    let mut relay = ThirdPartyRelay::start()
+        .await
+        .unwrap_or_else(|e| panic!("nostr-rs-relay is required: {e}"));
+    let relays = [relay.url().to_string()];
+    let (exit, entry, _dir) = exit_and_entry(&relays, &backend, &[], &[]).await;
+    let domain = exit.value("domain").to_string();
+    download_while(
+        "relay restarted",
+        &entry,
+        &domain,
+        &backend,
+        "10m",
+        &[],
+        async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            relay.stop();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            relay.restart().await.unwrap();
+        },
+    )
+    .await;
+}
+
+/// A relay path that drops a share of events both ways.
+async fn download_through_lossy_relay(drop: f64, seed: u64) {
+    let backend = HttpBackend::start().await;
+    let relay = nws_relay().await;
+    let faulty = FaultyRelay::start(
+        relay.value("relay"),
+        FaultConfig {
+            drop_publish: drop / 2.0,
+            drop_deliver: drop / 2.0,
+            max_event_bytes: None,
+            seed,
+        },
+    )
+    .await;
+    let relays = [faulty.url()];
+    let (exit, entry, _dir) = exit_and_entry(&relays, &backend, &[], &[]).await;
+    let domain = exit.value("domain").to_string();
+    download_while(
+        &format!("{:.0}% dropped", drop * 100.0),
+        &entry,
+        &domain,
+        &backend,
+        "10m",
+        &[],
+        async {},
+    )
+    .await;
+    let s = faulty.stats();
+    assert!(s.publish_dropped + s.deliver_dropped > 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_survives_5_percent_event_loss() {
+    download_through_lossy_relay(0.05, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_survives_20_percent_event_loss() {
+    download_through_lossy_relay(0.20, 20).await;
+}
+
+/// A relay that rejects events above 8 KiB (`OK false`): streams learn to
+/// send smaller events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_adapts_to_a_relay_size_limit() {
+    let backend = HttpBackend::start().await;
+    let relay = nws_relay().await;
+    let faulty = FaultyRelay::start(
+        relay.value("relay"),
+        FaultConfig {
+            max_event_bytes: Some(8 * 1024),
+            ..FaultConfig::default()
+        },
+    )
+    .await;
+    let relays = [faulty.url()];
+    let (exit, entry, _dir) = exit_and_entry(&relays, &backend, &[], &[]).await;
+    let domain = exit.value("domain").to_string();
+    download_while(
+        "8 KiB event limit",
+        &entry,
+        &domain,
+        &backend,
+        "1m",
+        &[],
+        async {},
+    )
+    .await;
+    assert!(faulty.stats().publish_rejected > 0);
+    assert!(exit.stderr().contains("too large"), "{}", exit.stderr());
+}
+
+/// GETs `http://{domain}/{file}` through the SOCKS5 proxy and reads the
+/// response at about `rate` bytes per second (16 KiB at a time), with a
+/// small socket receive buffer so that the kernel cannot soak up the file;
+/// returns the body.
+async fn slow_get(socks: &str, domain: &str, file: &str, rate: usize) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let tcp = socket.connect(socks.parse().unwrap()).await.unwrap();
+    let mut s = tokio_socks::tcp::Socks5Stream::connect_with_socket(tcp, (domain, 80))
+        .await
+        .unwrap()
+        .into_inner();
+    let req = format!("GET /{file} HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let chunk = 16 * 1024;
+    let pause = Duration::from_secs_f64(chunk as f64 / rate as f64);
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    for _ in 0..1_000_000 {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(pause.mul_f64(n as f64 / chunk as f64)).await;
+    }
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    raw.split_off(head_end)
+}
+
+/// A client reading at 1 MiB/s, slower than the path (a 50 MiB download
+/// takes about 50 s): the exit and the entry hold about a window's worth of
+/// data, not the backlog (which would be tens of MiB without flow control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_keeps_memory_bounded() {
+    let backend = HttpBackend::start().await;
+    let relay = nws_relay().await;
+    let relays = [relay.value("relay").to_string()];
+    let (exit, entry, _dir) = exit_and_entry(&relays, &backend, &[], &[]).await;
+    let domain = exit.value("domain").to_string();
+    let before = (exit.peak_rss_kib().unwrap(), entry.peak_rss_kib().unwrap());
+    let t = Instant::now();
+    let body = slow_get(entry.value("socks5"), &domain, "50m", 1024 * 1024).await;
+    let took = t.elapsed();
+    assert_eq!(sha256_hex(&body), backend.sha256("50m"));
+    let after = (exit.peak_rss_kib().unwrap(), entry.peak_rss_kib().unwrap());
+    eprintln!(
+        "slow reader: 50m in {:.1} s; peak RSS: exit {} -> {} KiB, entry {} -> {} KiB",
+        took.as_secs_f64(),
+        before.0,
+        after.0,
+        before.1,
+        after.1
+    );
+    // A stream's buffers are bounded by its window (512 KiB) and send
+    // buffer (256 KiB) on each side; the rest is allocator slack from
+    // moving 50 MiB through 55 KiB events.
+    let grew = (after.0 - before.0, after.1 - before.1);
+    assert!(grew.0 < 16 * 1024, "exit grew by {} KiB", grew.0);
+    assert!(grew.1 < 16 * 1024, "entry grew by {} KiB", grew.1);
+}
+
+/// Legacy both ways against our own implementation: a legacy entry to our
+/// exit, and our entry to an exit forced into the legacy format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_mode_both_ways() {
+    let backend = HttpBackend::start().await;
+    let relay = nws_relay().await;
+    let relays = [relay.value("relay").to_string()];
+    let (exit, entry, _dir) = exit_and_entry(&relays, &backend, &[], &["--legacy"]).await;
+    let domain = exit.value("domain").to_string();
+    download_while(
+        "legacy entry",
+        &entry,
+        &domain,
+        &backend,
+        "1m",
+        &[],
+        async {},
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("legacy.key");
+    let legacy_exit = NwsProcess::spawn(&[
+        "exit",
+        "--relay",
+        &relays[0],
+        "--key-file",
+        key.to_str().unwrap(),
+        "--backend",
+        &backend.host_port(),
+        "--legacy",
+    ])
+    .await;
+    let npub = legacy_exit.value("npub").to_string();
+    let entry2 = NwsProcess::spawn(&[
+        "entry",
+        "--relay",
+        &relays[0],
+        "--socks",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+        "--legacy-exit",
+        &npub,
+    ])
+    .await;
+    let domain = legacy_exit.value("domain").to_string();
+    download_while(
+        "legacy exit",
+        &entry2,
+        &domain,
+        &backend,
+        "1m",
+        &[],
+        async {},
+    )
+    .await;
+    assert!(legacy_exit.stderr().contains("legacy entry"));
+}
