@@ -107,6 +107,18 @@ struct ExitArgs {
     /// Answer every entry in the legacy format (as the reference exit does).
     #[arg(long)]
     legacy: bool,
+    /// Only this entry key (npub or hex) may open streams (repeatable; default: anyone).
+    #[arg(long = "allow-entry")]
+    allow_entries: Vec<String>,
+    /// Most streams one entry key may have open at once.
+    #[arg(long, default_value_t = 64)]
+    max_streams_per_entry: usize,
+    /// Most new streams one entry key may open per minute.
+    #[arg(long, default_value_t = 600)]
+    max_new_streams_per_minute: u32,
+    /// Drop events whose created_at is more than this many seconds from now (replay protection).
+    #[arg(long, default_value_t = 60)]
+    replay_window: u64,
 }
 
 #[derive(Args)]
@@ -131,6 +143,10 @@ struct EntryArgs {
     /// Seconds to wait for relays and for the exit's answer.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Use this persistent key (created, mode 0600, if missing) for every
+    /// stream instead of a fresh key per stream; for exits with --allow-entry.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -224,6 +240,17 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     let mut config = ExitConfig::new(args.relays.relays, keys, args.backend);
     config.max_streams = args.max_streams;
     config.legacy = args.legacy;
+    config.max_streams_per_entry = args.max_streams_per_entry;
+    config.max_new_streams_per_minute = args.max_new_streams_per_minute;
+    config.replay_window = Duration::from_secs(args.replay_window);
+    if !args.allow_entries.is_empty() {
+        let keys = args
+            .allow_entries
+            .iter()
+            .map(|k| PublicKey::parse(k).map_err(|e| format!("bad --allow-entry `{k}`: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        config.allowed_entries = Some(keys);
+    }
     let exit = ExitNode::start(config).await.map_err(|e| e.to_string())?;
     print_exit_names(&exit);
     println!("ready");
@@ -269,6 +296,11 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
     config.credentials = args.auth.as_deref().map(credentials).transpose()?;
     config.legacy_all = args.legacy;
     config.connect_timeout = Duration::from_secs(args.connect_timeout);
+    if let Some(f) = &args.key_file {
+        let keys = keys::load_or_create_key_file(f)?;
+        println!("entry-npub: {}", npub(&keys.public_key()));
+        config.keys = Some(keys);
+    }
     for k in &args.legacy_exits {
         config
             .legacy_exits

@@ -45,11 +45,22 @@ pub struct ExitConfig {
     /// Answer every entry in the legacy format, as the reference exit does
     /// (for interoperability tests).
     pub legacy: bool,
+    /// Events whose `created_at` is further than this from now are dropped
+    /// (replay protection; default 60 s).
+    pub replay_window: Duration,
+    /// Entry keys allowed to open streams (`None`: anyone). Useful with
+    /// entries that use a persistent key.
+    pub allowed_entries: Option<Vec<PublicKey>>,
+    /// Most streams one entry key may have open at once.
+    pub max_streams_per_entry: usize,
+    /// Most new streams one entry key may open per minute.
+    pub max_new_streams_per_minute: u32,
 }
 
 impl ExitConfig {
-    /// A configuration with defaults: 256 streams, 10 s dial timeout, 5 min
-    /// idle timeout, 10 s relay timeout.
+    /// A configuration with defaults: 256 streams (64 per entry key, 600 new
+    /// ones per entry key and minute), anyone may connect, 10 s dial
+    /// timeout, 5 min idle timeout, 10 s relay timeout, 60 s replay window.
     pub fn new(relays: Vec<RelayUrl>, keys: Keys, backend: impl Into<String>) -> Self {
         Self {
             relays,
@@ -61,6 +72,10 @@ impl ExitConfig {
             relay_timeout: Duration::from_secs(10),
             stream: StreamConfig::default(),
             legacy: false,
+            replay_window: crate::transport::DEFAULT_REPLAY_WINDOW,
+            allowed_entries: None,
+            max_streams_per_entry: 64,
+            max_new_streams_per_minute: 600,
         }
     }
 }
@@ -99,6 +114,7 @@ impl ExitNode {
     /// subscribes for events addressed to the exit, and starts serving.
     pub async fn start(config: ExitConfig) -> Result<Self, ExitError> {
         let transport = Transport::new();
+        transport.set_replay_window(config.replay_window);
         transport
             .ensure_connected(&config.relays, config.relay_timeout)
             .await?;
@@ -113,6 +129,7 @@ impl ExitNode {
             config: Arc::new(config.clone()),
             transport: transport.clone(),
             authors: Arc::new(Mutex::new(HashMap::new())),
+            rates: Mutex::new(HashMap::new()),
             stats: stats.clone(),
             cancel: cancel.clone(),
         };
@@ -169,11 +186,53 @@ struct Server {
     config: Arc<ExitConfig>,
     transport: Transport,
     authors: Authors,
+    /// New streams per entry key in the current minute: (minute start, count).
+    rates: Mutex<HashMap<PublicKey, (Instant, u32)>>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
 }
 
+/// The period of the per-entry-key new-stream limit.
+const RATE_PERIOD: Duration = Duration::from_secs(60);
+
 impl Server {
+    /// Why a new stream from `author` must be refused, if it must: not on the
+    /// allow list, the exit's or this entry key's concurrent streams at their
+    /// cap, or too many new streams from this key in the last minute.
+    fn admission(&self, author: &PublicKey) -> Option<ErrorReason> {
+        let c = &self.config;
+        if c.allowed_entries
+            .as_ref()
+            .is_some_and(|list| !list.contains(author))
+        {
+            return Some(ErrorReason::NotAllowed);
+        }
+        if self.stats.streams_open.load(Ordering::Relaxed) >= c.max_streams {
+            return Some(ErrorReason::TooManyStreams);
+        }
+        let open_by_author = lock(&self.authors)
+            .get(author)
+            .map_or(0, |a| a.streams.len());
+        if open_by_author >= c.max_streams_per_entry {
+            return Some(ErrorReason::TooManyStreams);
+        }
+        let now = Instant::now();
+        let mut rates = lock(&self.rates);
+        if rates.len() > 10_000 {
+            rates.retain(|_, (start, _)| now.duration_since(*start) < RATE_PERIOD);
+        }
+        let (start, count) = rates.entry(*author).or_insert((now, 0));
+        if now.duration_since(*start) >= RATE_PERIOD {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= c.max_new_streams_per_minute {
+            return Some(ErrorReason::TooManyStreams);
+        }
+        *count += 1;
+        None
+    }
+
     async fn run(self, mut inbox: mpsc::UnboundedReceiver<Event>) {
         loop {
             let ev = tokio::select! {
@@ -250,10 +309,9 @@ impl Server {
             cipher: cipher.clone(),
             relays: self.config.relays.clone(),
         };
-        let open = self.stats.streams_open.load(Ordering::Relaxed);
-        if open >= self.config.max_streams {
-            log::warn!("stream {key}: refused, {open} streams open");
-            engine.backend_failed(ErrorReason::TooManyStreams);
+        if let Some(reason) = self.admission(&author) {
+            log::warn!("stream {key} from {author}: refused ({reason})");
+            engine.backend_failed(reason);
             send_all(&mut engine, &link).await;
             return;
         }

@@ -12,6 +12,8 @@ pub mod engine;
 pub mod entry;
 pub mod exit;
 pub mod names;
+pub mod policy;
 pub mod protocol;
 pub mod relay;
+pub mod tls;
 pub mod transport;

@@ -28,6 +28,8 @@ use crate::protocol::{recipient, KIND_STREAM};
 
 /// How often a disconnected relay is retried.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// Default replay window: events further than this from now are dropped.
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(60);
 /// How many event ids the router remembers to drop duplicates.
 const SEEN_IDS: usize = 16_384;
 /// Messages queued for one relay's websocket above which publishing waits.
@@ -106,6 +108,9 @@ struct Inner {
     /// Smallest event content a relay rejected as too large, in bytes
     /// (`usize::MAX` while none has).
     content_limit: AtomicUsize,
+    /// Events whose `created_at` is further than this from now, in
+    /// seconds, are dropped (replay protection).
+    replay_window: AtomicU64,
 }
 
 /// A connection to a set of relays, shared by every stream of an entry or exit.
@@ -140,6 +145,7 @@ impl Transport {
             received: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
             content_limit: AtomicUsize::new(usize::MAX),
+            replay_window: AtomicU64::new(DEFAULT_REPLAY_WINDOW.as_secs()),
         });
         let notifications = inner.pool.notifications();
         let task = tokio::spawn(run_router(Arc::downgrade(&inner), notifications));
@@ -212,6 +218,16 @@ impl Transport {
     pub async fn relay_counts(&self) -> (usize, usize) {
         let all = self.inner.pool.relays().await;
         (all.values().filter(|r| r.is_connected()).count(), all.len())
+    }
+
+    /// Drops incoming events whose `created_at` is further than `window`
+    /// from now (seconds resolution). Together with the cache of event ids
+    /// already seen, this keeps a relay that replays an old `CONNECT` from
+    /// making an exit repeat a request.
+    pub fn set_replay_window(&self, window: Duration) {
+        self.inner
+            .replay_window
+            .store(window.as_secs().max(1), Ordering::Relaxed);
     }
 
     /// Routes events `p`-tagged to `recipient` into the returned channel,
@@ -411,8 +427,20 @@ async fn run_router(
                     log::debug!("event {} has no p tag: dropped", event.id);
                     continue;
                 };
+                let window = inner.replay_window.load(Ordering::Relaxed);
+                let now = nostr::Timestamp::now().as_secs();
+                let age = now.abs_diff(event.created_at.as_secs());
+                if age > window {
+                    log::warn!(
+                        "event {} from {} is {age} s off the clock (window {window} s): dropped as a possible replay",
+                        event.id,
+                        event.pubkey
+                    );
+                    continue;
+                }
                 let mut routes = lock(&inner.routes);
                 if !routes.first_sight(event.id) {
+                    log::debug!("event {} seen before: dropped", event.id);
                     continue;
                 }
                 match routes.streams.get(&to) {

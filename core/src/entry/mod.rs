@@ -53,6 +53,10 @@ pub struct EntryConfig {
     pub legacy_all: bool,
     /// Most client connections served at once.
     pub max_connections: usize,
+    /// A persistent key for every stream (for exits that allow only listed
+    /// entries); `None` (the default) uses a fresh key per stream, so
+    /// streams cannot be linked to each other.
+    pub keys: Option<Keys>,
     /// Per-stream limits.
     pub stream: StreamConfig,
 }
@@ -72,6 +76,7 @@ impl EntryConfig {
             legacy_exits: Vec::new(),
             legacy_all: false,
             max_connections: 512,
+            keys: None,
             stream: StreamConfig::default(),
         }
     }
@@ -142,6 +147,8 @@ pub struct Entry {
     transport: Transport,
     stats: Arc<Stats>,
     subscriptions: Arc<ExitSubscriptions>,
+    /// With a persistent key: the demultiplexer of its streams.
+    demux: Option<Arc<Demux>>,
 }
 
 impl Entry {
@@ -150,11 +157,16 @@ impl Entry {
     pub async fn new(config: EntryConfig) -> Result<Self, TransportError> {
         let transport = Transport::new();
         transport.add_relays(&config.relays).await?;
+        let demux = config
+            .keys
+            .clone()
+            .map(|keys| Demux::start(&transport, keys));
         Ok(Self {
             config: Arc::new(config),
             transport,
             stats: Arc::new(Stats::default()),
             subscriptions: Arc::default(),
+            demux,
         })
     }
 
@@ -198,19 +210,55 @@ impl Entry {
         let timeout = self.config.connect_timeout;
         self.transport.ensure_connected(&relays, timeout).await?;
 
-        let keys = Keys::generate();
-        let cipher = Cipher::derive(keys.secret_key(), &exit.public_key)
-            .map_err(|e| TransportError::Pool(e.to_string()))?;
-        let rx = self.transport.route(keys.public_key());
-        let mut guard = RouteGuard {
-            transport: self.transport.clone(),
-            recipient: keys.public_key(),
-            keys: Arc::default(),
-        };
-        guard.keys = self
-            .subscriptions
-            .add(&self.transport, exit.public_key, &relays, keys.public_key())
-            .await?;
+        let key = uuid::Uuid::new_v4().to_string();
+        let pool_err = |e: crate::protocol::CodecError| TransportError::Pool(e.to_string());
+        let (keys, cipher, mut inbox, guard): (_, _, _, Box<dyn std::any::Any + Send>) =
+            match &self.demux {
+                None => {
+                    // A fresh key per stream: relays and exits cannot link streams.
+                    let keys = Keys::generate();
+                    let cipher =
+                        Cipher::derive(keys.secret_key(), &exit.public_key).map_err(pool_err)?;
+                    let rx = self.transport.route(keys.public_key());
+                    let mut guard = RouteGuard {
+                        transport: self.transport.clone(),
+                        recipient: keys.public_key(),
+                        keys: Arc::default(),
+                    };
+                    guard.keys = self
+                        .subscriptions
+                        .add(&self.transport, exit.public_key, &relays, keys.public_key())
+                        .await?;
+                    let inbox = Inbox::Events {
+                        rx,
+                        cipher: cipher.clone(),
+                        peer: exit.public_key,
+                    };
+                    (keys, cipher, inbox, Box::new(guard))
+                }
+                Some(demux) => {
+                    let cipher = demux.cipher_for(&exit.public_key).map_err(pool_err)?;
+                    let rx = demux.register(&key);
+                    self.subscriptions
+                        .add(
+                            &self.transport,
+                            exit.public_key,
+                            &relays,
+                            demux.keys.public_key(),
+                        )
+                        .await?;
+                    let guard = DemuxGuard {
+                        demux: demux.clone(),
+                        key: key.clone(),
+                    };
+                    (
+                        demux.keys.clone(),
+                        cipher,
+                        Inbox::Messages(rx),
+                        Box::new(guard),
+                    )
+                }
+            };
 
         let dialect =
             if self.config.legacy_all || self.config.legacy_exits.contains(&exit.public_key) {
@@ -224,7 +272,6 @@ impl Entry {
                 host: host.to_string(),
                 source,
             })?;
-        let key = uuid::Uuid::new_v4().to_string();
         let mut engine = Stream::open(
             self.config.stream.clone(),
             key,
@@ -236,13 +283,8 @@ impl Entry {
             transport: self.transport.clone(),
             keys,
             peer: exit.public_key,
-            cipher: cipher.clone(),
-            relays,
-        };
-        let mut inbox = Inbox::Events {
-            rx,
             cipher,
-            peer: exit.public_key,
+            relays,
         };
         if dialect == Dialect::Legacy {
             // A legacy exit drops data that overtakes its CONNECT: wait for
@@ -317,6 +359,78 @@ impl Drop for RouteGuard {
     }
 }
 
+/// Streams of an entry with a persistent key share one recipient key, so
+/// the router hands all their events to one channel; this task opens them
+/// (one conversation key per exit) and passes each message to its stream by
+/// the message's stream key.
+struct Demux {
+    keys: Keys,
+    streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Message>>>,
+    ciphers: Mutex<HashMap<PublicKey, Cipher>>,
+}
+
+impl Demux {
+    fn start(transport: &Transport, keys: Keys) -> Arc<Self> {
+        let demux = Arc::new(Self {
+            keys,
+            streams: Mutex::default(),
+            ciphers: Mutex::default(),
+        });
+        let mut rx = transport.route(demux.keys.public_key());
+        let weak = Arc::downgrade(&demux);
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                let Some(demux) = weak.upgrade() else { return };
+                let cipher = match demux.cipher_for(&ev.pubkey) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::warn!("event {} from {}: {e}: dropped", ev.id, ev.pubkey);
+                        continue;
+                    }
+                };
+                match cipher.open(&ev.content) {
+                    Ok(msg) => match lock(&demux.streams).get(&msg.key) {
+                        Some(tx) => {
+                            let _ = tx.send(msg);
+                        }
+                        None => log::debug!("message for unknown stream {}: dropped", msg.key),
+                    },
+                    Err(e) => log::warn!("event {} from {}: {e}: dropped", ev.id, ev.pubkey),
+                }
+            }
+        });
+        demux
+    }
+
+    fn cipher_for(&self, exit: &PublicKey) -> Result<Cipher, crate::protocol::CodecError> {
+        let mut ciphers = lock(&self.ciphers);
+        if let Some(c) = ciphers.get(exit) {
+            return Ok(c.clone());
+        }
+        let c = Cipher::derive(self.keys.secret_key(), exit)?;
+        ciphers.insert(*exit, c.clone());
+        Ok(c)
+    }
+
+    fn register(&self, key: &str) -> tokio::sync::mpsc::UnboundedReceiver<Message> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        lock(&self.streams).insert(key.to_string(), tx);
+        rx
+    }
+}
+
+/// Removes a stream from the demultiplexer when the stream is dropped.
+struct DemuxGuard {
+    demux: Arc<Demux>,
+    key: String,
+}
+
+impl Drop for DemuxGuard {
+    fn drop(&mut self) {
+        lock(&self.demux.streams).remove(&self.key);
+    }
+}
+
 /// One subscription per exit (and relay set) for the answers to all of the
 /// entry's streams to it: `authors [exit]`, `#p [every open stream's key]`.
 ///
@@ -375,7 +489,7 @@ pub struct NwsStream {
     engine: Stream,
     link: Link,
     inbox: Inbox,
-    guard: RouteGuard,
+    guard: Box<dyn std::any::Any + Send>,
     idle_timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -403,7 +517,7 @@ impl NwsStream {
             engine: self.engine,
             link: self.link,
             inbox: self.inbox,
-            keep: Box::new(self.guard),
+            keep: self.guard,
         };
         let end = pump(conn, socket, first, self.idle_timeout, slot).await;
         match end {
