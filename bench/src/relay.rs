@@ -17,12 +17,10 @@ use std::time::Duration;
 
 use nostr::util::BoxedFuture;
 use nostr::{Event, Filter, Kind, PublicKey, RelayUrl};
-use nostr_relay_builder::prelude::{
-    LocalRelay, PolicyResult, RateLimit, RelayBuilder, WritePolicy,
-};
+use nostr_relay_builder::prelude::{PolicyResult, WritePolicy};
 use nostr_sdk::prelude::{Client, ClientOptions, RelayPoolNotification, RelayPoolOptions};
 use nws_core::protocol::KIND_STREAM;
-use nws_core::relay::{EVENTS_PER_MINUTE, MAX_SUBSCRIPTIONS};
+use nws_core::relay::EmbeddedRelay;
 use serde::Serialize;
 
 /// Stream events seen at the relay, split by direction.
@@ -111,38 +109,23 @@ impl WritePolicy for CountingPolicy {
 
 /// The embedded relay on a free port of 127.0.0.1; stops when dropped.
 pub struct CountingRelay {
-    relay: LocalRelay,
-    url: RelayUrl,
+    relay: EmbeddedRelay,
 }
 
 impl CountingRelay {
     /// Starts the relay with `nws relay`'s limits and the counting policy.
     pub async fn start(counter: Arc<EventCounter>) -> Result<Self, String> {
-        let builder = RelayBuilder::default()
-            .addr(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .rate_limit(RateLimit {
-                max_reqs: MAX_SUBSCRIPTIONS,
-                notes_per_minute: EVENTS_PER_MINUTE,
-            })
-            .write_policy(CountingPolicy(counter));
-        let relay = LocalRelay::new(builder);
-        relay
-            .run()
+        let builder = EmbeddedRelay::builder().write_policy(CountingPolicy(counter));
+        let addr = SocketAddr::from((IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+        let relay = EmbeddedRelay::start_with(addr, builder)
             .await
             .map_err(|e| format!("embedded relay: {e}"))?;
-        let url = relay.url().await;
-        Ok(Self { relay, url })
+        Ok(Self { relay })
     }
 
     /// `ws://127.0.0.1:PORT`.
     pub fn url(&self) -> &RelayUrl {
-        &self.url
-    }
-}
-
-impl Drop for CountingRelay {
-    fn drop(&mut self) {
-        self.relay.shutdown();
+        self.relay.url()
     }
 }
 

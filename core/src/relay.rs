@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use nostr::RelayUrl;
 use nostr_relay_builder::prelude::{LocalRelay, RateLimit, RelayBuilder};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Events per minute one connection may publish to the embedded relay.
 pub const EVENTS_PER_MINUTE: u32 = 1_000_000;
@@ -34,27 +35,42 @@ pub enum RelayError {
 pub struct EmbeddedRelay {
     relay: LocalRelay,
     url: RelayUrl,
+    accept: tokio::task::JoinHandle<()>,
 }
 
 impl EmbeddedRelay {
     /// Starts a relay listening on `addr` (port 0 picks a free port).
+    ///
+    /// Connections are accepted here rather than by nostr-relay-builder so
+    /// that they get `TCP_NODELAY`: without it every small websocket frame
+    /// waits for the peer's delayed acknowledgement (about 40 ms on Linux),
+    /// which dominated both latency and throughput.
     pub async fn start(addr: SocketAddr) -> Result<Self, RelayError> {
-        let mut builder = RelayBuilder::default()
-            .addr(addr.ip())
-            .rate_limit(RateLimit {
-                max_reqs: MAX_SUBSCRIPTIONS,
-                notes_per_minute: EVENTS_PER_MINUTE,
-            });
-        if addr.port() != 0 {
-            builder = builder.port(addr.port());
-        }
-        let relay = LocalRelay::new(builder);
-        relay.run().await.map_err(|e| RelayError::Start {
-            addr,
-            reason: e.to_string(),
-        })?;
-        let url = relay.url().await;
-        Ok(Self { relay, url })
+        Self::start_with(addr, Self::builder()).await
+    }
+
+    /// The relay builder `start` uses: memory only, limits raised for streams.
+    /// Add policies to it (a counting write policy in the benchmark, say)
+    /// and pass it to [`EmbeddedRelay::start_with`].
+    pub fn builder() -> RelayBuilder {
+        RelayBuilder::default().rate_limit(RateLimit {
+            max_reqs: MAX_SUBSCRIPTIONS,
+            notes_per_minute: EVENTS_PER_MINUTE,
+        })
+    }
+
+    /// Starts a relay from `builder` listening on `addr` (port 0 picks a
+    /// free port); the builder's own address and port are replaced.
+    pub async fn start_with(addr: SocketAddr, builder: RelayBuilder) -> Result<Self, RelayError> {
+        let err = |reason: String| RelayError::Start { addr, reason };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
+        let relay = LocalRelay::new(builder.addr(local.ip()).port(local.port()));
+        let url = RelayUrl::parse(&format!("ws://{local}")).map_err(|e| err(e.to_string()))?;
+        let accept = tokio::spawn(accept_loop(listener, relay.clone()));
+        Ok(Self { relay, url, accept })
     }
 
     /// The relay's websocket URL (`ws://127.0.0.1:PORT`).
@@ -62,14 +78,79 @@ impl EmbeddedRelay {
         &self.url
     }
 
-    /// Stops accepting connections.
+    /// Stops accepting connections and ends the open ones.
     pub fn shutdown(&self) {
+        self.accept.abort();
         self.relay.shutdown();
     }
 }
 
 impl Drop for EmbeddedRelay {
     fn drop(&mut self) {
-        self.relay.shutdown();
+        self.shutdown();
     }
+}
+
+async fn accept_loop(listener: TcpListener, relay: LocalRelay) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("relay: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            match upgrade(&mut stream).await {
+                Ok(()) => {
+                    if let Err(e) = relay.take_connection(stream, peer).await {
+                        log::debug!("relay: connection from {peer}: {e}");
+                    }
+                }
+                Err(e) => log::debug!("relay: bad websocket handshake from {peer}: {e}"),
+            }
+        });
+    }
+}
+
+/// Answers a websocket upgrade request (RFC 6455 §4.2) on `stream`, leaving
+/// it ready for frames; a request that is not an upgrade gets 400.
+async fn upgrade(stream: &mut TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut head = Vec::with_capacity(1024);
+    let mut byte = [0u8; 1];
+    // The client sends nothing after its request until it has our answer, so
+    // reading byte by byte up to the blank line consumes exactly the request.
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 || stream.read(&mut byte).await? == 0 {
+            return Err(bad("request head too long or cut short"));
+        }
+        head.push(byte[0]);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&head).map_err(|e| bad(&e.to_string()))?;
+    let key = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|h| h.value);
+    let Some(key) = key else {
+        let body = "this is a Nostr relay: connect with a websocket\n";
+        let resp = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(resp.as_bytes()).await?;
+        return Err(bad("not a websocket upgrade"));
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key);
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(resp.as_bytes()).await
 }
