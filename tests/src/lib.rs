@@ -834,3 +834,11 @@ pub async fn socks5_request(
         .to_bytes();
     Ok((status, bytes.to_vec()))
 }
+
+/// The SOCKS5 reply code (RFC 1928 §6) that curl reports as "(N)" at the end
+/// of its error message for a refused SOCKS5 connection.
+pub fn socks_code(curl_stderr: &str) -> Option<u8> {
+    let open = curl_stderr.rfind('(')?;
+    let close = curl_stderr[open..].find(')')? + open;
+    curl_stderr[open + 1..close].parse().ok()
+}

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use nws_tests::process::NwsProcess;
 use nws_tests::{
-    curl, curl_http, http_client_via, sha256_hex, socks5_request, HttpBackend, ThirdPartyRelay,
+    curl, curl_http, http_client_via, sha256_hex, socks5_request, socks_code, HttpBackend,
+    ThirdPartyRelay,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -205,13 +206,6 @@ async fn fifty_concurrent_requests_through_embedded_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_through_nostr_rs_relay() {
     fifty_concurrent(RelayKind::NostrRsRelay).await;
-}
-
-/// The SOCKS5 reply code curl reports in "(N)" at the end of its error.
-fn socks_code(stderr: &str) -> Option<u8> {
-    let open = stderr.rfind('(')?;
-    let close = stderr[open..].find(')')? + open;
-    stderr[open + 1..close].parse().ok()
 }
 
 /// A backend that refuses: SOCKS5 "connection refused" (5) and HTTP 502.

@@ -5,14 +5,7 @@ use std::time::Duration;
 
 use nostr_sdk::prelude::*;
 use nws_tests::process::NwsProcess;
-use nws_tests::{curl, HttpBackend};
-
-/// The SOCKS5 reply code curl reports in "(N)" at the end of its error.
-fn socks_code(stderr: &str) -> Option<u8> {
-    let open = stderr.rfind('(')?;
-    let close = stderr[open..].find(')')? + open;
-    stderr[open + 1..close].parse().ok()
-}
+use nws_tests::{curl, socks_code, HttpBackend};
 
 async fn relay() -> NwsProcess {
     NwsProcess::spawn(&["relay", "--listen", "127.0.0.1:0"]).await
