@@ -1,0 +1,23 @@
+//! Writes the seed corpus: `fuzz/corpus/<target>/seed-*` (valid inputs
+//! for every target; libFuzzer mutates from there).
+//!
+//!     cargo run --manifest-path fuzz/Cargo.toml -p nws-fuzz-harness --bin write-seeds
+
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    for (target, name, bytes) in nws_fuzz_harness::seeds::all() {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).expect("create corpus dir");
+        std::fs::write(dir.join(&name), &bytes).expect("write seed");
+        println!("{target}/{name} ({} bytes)", bytes.len());
+    }
+    let open = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../regressions/open");
+    for (target, name, bytes) in nws_fuzz_harness::seeds::open_findings() {
+        let dir = open.join(target);
+        std::fs::create_dir_all(&dir).expect("create regressions dir");
+        std::fs::write(dir.join(&name), &bytes).expect("write finding");
+        println!("regressions/open/{target}/{name} ({} bytes)", bytes.len());
+    }
+}
