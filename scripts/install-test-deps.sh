@@ -5,6 +5,7 @@
 #   - rustup components: clippy, rustfmt
 #   - nostr-rs-relay 0.8.12 (the third-party relay the end-to-end tests run against),
 #     built with `cargo install` (~6 minutes on 2 cores, once per machine)
+#   - cargo-fuzz 0.13.2 (fuzz/run.sh), built with `cargo install` (~1 minute)
 set -euo pipefail
 
 NRR_VERSION=0.8.12
@@ -105,4 +106,13 @@ else
 fi
 if command -v rustup >/dev/null 2>&1; then
     rustup target add aarch64-linux-android
+fi
+
+# --- cargo-fuzz (fuzz/run.sh; runs on stable with RUSTC_BOOTSTRAP=1) --------------------
+CARGO_FUZZ_VERSION=0.13.2
+if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    log "cargo-fuzz present: $(cargo fuzz --version)"
+else
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION with cargo install (about a minute)"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi

@@ -12,6 +12,7 @@
 //! * [`process`]: the real `nws` binary as child processes (relay, exit, entry).
 
 pub mod faulty;
+pub mod hostile;
 pub mod process;
 
 use std::convert::Infallible;
