@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use nostr::Keys;
-use nws_core::entry::{EntryConfig, EntryProxy};
+use nws_core::entry::{Credentials, EntryConfig, EntryProxy};
 use nws_core::exit::{ExitConfig, ExitNode};
 use nws_core::relay::EmbeddedRelay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +54,9 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let mut config = EntryConfig::new(vec![relay.url().clone()]);
     config.socks_listen = Some(args.socks);
     config.http_listen = Some(args.http);
+    // Random per-start credentials, as for `nws entry` and the mobile proxy.
+    let creds = Credentials::random();
+    config.credentials = Some(creds.clone());
     let proxy = match EntryProxy::start(config.clone()).await {
         Ok(p) => p,
         Err(e) => {
@@ -75,9 +78,12 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("domain: {domain}");
     println!("socks5: {socks}");
     println!("http: {http}");
+    println!("proxy-user: {}", creds.username);
+    println!("proxy-password: {}", creds.password);
+    let userinfo = format!("{}:{}", creds.username, creds.password);
 
     let started = Instant::now();
-    let (status, body) = fetch_through_http_proxy(http, &domain).await?;
+    let (status, body) = fetch_through_http_proxy(http, &userinfo, &domain).await?;
     println!(
         "fetched: http://{domain}/ -> {status}, {} bytes in {} ms",
         body.len(),
@@ -87,8 +93,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         return Err(format!("the demo page came back wrong (status {status})"));
     }
     println!("\nTry it yourself:");
-    println!("  curl --socks5-hostname {socks} http://{domain}/");
-    println!("  curl --proxy http://{http} http://{domain}/");
+    println!("  curl --proxy socks5h://{userinfo}@{socks} http://{domain}/");
+    println!("  curl --proxy http://{userinfo}@{http} http://{domain}/");
     println!("ready");
     if !args.once {
         crate::shutdown_signal().await;
@@ -134,13 +140,18 @@ async fn serve(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byte
 /// GETs `http://<domain>/` through the HTTP proxy; returns status and body.
 async fn fetch_through_http_proxy(
     proxy: SocketAddr,
+    userinfo: &str,
     domain: &str,
 ) -> Result<(u16, Vec<u8>), String> {
     let fetch = async {
         let mut sock = TcpStream::connect(proxy)
             .await
             .map_err(|e| format!("cannot reach the entry proxy: {e}"))?;
-        let req = format!("GET http://{domain}/ HTTP/1.1\r\nHost: {domain}\r\n\r\n");
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(userinfo);
+        let req = format!(
+            "GET http://{domain}/ HTTP/1.1\r\nHost: {domain}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+        );
         sock.write_all(req.as_bytes())
             .await
             .map_err(|e| e.to_string())?;

@@ -131,9 +131,20 @@ struct EntryArgs {
     /// HTTP proxy listen address (`off` to disable).
     #[arg(long, default_value = "127.0.0.1:3128")]
     http: String,
-    /// Require these proxy credentials, `USER:PASS`.
-    #[arg(long)]
+    /// Require these proxy credentials, `USER:PASS`. Without it the proxy
+    /// makes random credentials at start and prints them (`proxy-user:`,
+    /// `proxy-password:`), so other local users and programs cannot use it.
+    #[arg(long, conflicts_with = "no_auth")]
     auth: Option<String>,
+    /// Accept every local client without credentials (as the reference
+    /// implementation does). Anything that can reach the port can then use
+    /// your route.
+    #[arg(long)]
+    no_auth: bool,
+    /// Most client connections served at once; past it clients are refused
+    /// with SOCKS5 reply 1 or HTTP 503.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
     /// An exit (npub or hex) that speaks only the legacy format (repeatable).
     #[arg(long = "legacy-exit")]
     legacy_exits: Vec<String>,
@@ -293,7 +304,15 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
     let mut config = EntryConfig::new(args.relays.relays);
     config.socks_listen = listen_addr(&args.socks)?;
     config.http_listen = listen_addr(&args.http)?;
-    config.credentials = args.auth.as_deref().map(credentials).transpose()?;
+    config.credentials = match (&args.auth, args.no_auth) {
+        (Some(a), _) => Some(credentials(a)?),
+        (None, true) => None,
+        (None, false) => Some(Credentials::random()),
+    };
+    if args.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    config.max_connections = args.max_connections;
     config.legacy_all = args.legacy;
     config.connect_timeout = Duration::from_secs(args.connect_timeout);
     if let Some(f) = &args.key_file {
@@ -306,8 +325,13 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
             .legacy_exits
             .push(PublicKey::parse(k).map_err(|e| format!("bad --legacy-exit `{k}`: {e}"))?);
     }
+    let creds = config.credentials.clone();
     let proxy = EntryProxy::start(config).await.map_err(|e| e.to_string())?;
     print_entry_addrs(&proxy);
+    if let Some(c) = creds {
+        println!("proxy-user: {}", c.username);
+        println!("proxy-password: {}", c.password);
+    }
     println!("ready");
     shutdown_signal().await;
     proxy.stop().await;

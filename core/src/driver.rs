@@ -77,12 +77,24 @@ impl Link {
 pub(crate) enum Inbox {
     /// Raw events routed to an entry stream's ephemeral key; opened here.
     Events {
-        rx: mpsc::UnboundedReceiver<Event>,
+        rx: mpsc::Receiver<Event>,
         cipher: Cipher,
         peer: PublicKey,
     },
     /// Messages the exit's dispatcher already opened.
-    Messages(mpsc::UnboundedReceiver<Message>),
+    Messages(mpsc::Receiver<Message>),
+}
+
+/// Messages a stream's inbox holds before further ones are dropped (the
+/// peer retransmits them): the stream takes them as fast as they come, so
+/// only a flood fills it.
+pub(crate) const STREAM_INBOX: usize = 256;
+
+/// Hands `msg` to a stream's inbox without waiting; a full inbox drops it.
+pub(crate) fn offer(tx: &mpsc::Sender<Message>, msg: Message) {
+    if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(msg) {
+        log::debug!("stream {}: inbox full, {} dropped", m.key, m.kind);
+    }
 }
 
 impl Inbox {
@@ -132,17 +144,61 @@ pub(crate) enum End {
 /// Size of one read from the local socket, in bytes.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Publishes the engine's queued messages and applies its other outputs to
-/// the local socket. Returns `Some(end)` when the stream is over.
+/// Most bytes a legacy stream (no flow control) may hold for a local socket
+/// that does not read; past it the stream is aborted rather than grow.
+const LEGACY_DELIVERY_CAP: usize = 8 * 1024 * 1024;
+
+/// Bytes the engine delivered that the local socket has not taken yet, and
+/// whether the peer's half-close is still to be applied after them. Writing
+/// happens in the driver's `select!`, so a local reader that stalls never
+/// stops timers, acknowledgements or the peer's `ERROR` from being handled;
+/// for a version-2 stream the engine's window bounds it.
+#[derive(Default)]
+struct Delivery {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes of the first chunk already written.
+    offset: usize,
+    bytes: usize,
+    shutdown: bool,
+}
+
+impl Delivery {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Writes some of the held bytes; returns how many.
+    async fn write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        socket: &mut W,
+    ) -> std::io::Result<usize> {
+        let Some(first) = self.chunks.front() else {
+            return std::future::pending().await;
+        };
+        let n = socket.write(&first[self.offset..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        Ok(n)
+    }
+
+    /// Marks `n` bytes written.
+    fn advance(&mut self, n: usize) {
+        self.offset += n;
+        self.bytes -= n;
+        if self.chunks.front().is_some_and(|c| self.offset >= c.len()) {
+            self.chunks.pop_front();
+            self.offset = 0;
+        }
+    }
+}
+
+/// Publishes the engine's queued messages and queues its delivered bytes
+/// for the local socket. Returns `Some(end)` when the stream is over.
 ///
 /// A failed publish is a lost message for a version-2 stream (it is
 /// retransmitted); a legacy stream cannot recover and ends.
-async fn flush<W: AsyncWrite + Unpin>(
-    engine: &mut Stream,
-    link: &Link,
-    socket: &mut W,
-    stats: &Stats,
-) -> Option<End> {
+async fn flush(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Option<End> {
     while let Some(out) = engine.poll_output() {
         match out {
             Output::Publish(m) => {
@@ -162,25 +218,18 @@ async fn flush<W: AsyncWrite + Unpin>(
                 }
             }
             Output::Deliver(bytes) => {
-                if let Err(e) = socket.write_all(&bytes).await {
-                    log::debug!("stream {}: local write failed: {e}", engine.key());
-                    let reason = ErrorReason::Other("connection-reset".into());
-                    engine.abort(reason.clone());
-                    // Tell the peer before ending.
-                    while let Some(out) = engine.poll_output() {
-                        if let Output::Publish(m) = out {
-                            let _ = link.send(&m).await;
-                        }
-                    }
-                    return Some(End::Aborted(reason));
+                delivery.bytes += bytes.len();
+                delivery.chunks.push_back(bytes);
+                if engine.dialect() == Dialect::Legacy && delivery.bytes > LEGACY_DELIVERY_CAP {
+                    log::warn!(
+                        "stream {}: local reader too slow for a legacy peer ({} bytes held), aborting",
+                        engine.key(),
+                        delivery.bytes
+                    );
+                    return Some(abort_and_tell(engine, link, "overflow").await);
                 }
-                stats
-                    .bytes_received
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
-            Output::PeerFinished => {
-                let _ = socket.shutdown().await;
-            }
+            Output::PeerFinished => delivery.shutdown = true,
             Output::Aborted(reason) | Output::Refused(reason) => {
                 return Some(End::Aborted(reason));
             }
@@ -188,6 +237,19 @@ async fn flush<W: AsyncWrite + Unpin>(
         }
     }
     None
+}
+
+/// Aborts the stream with `reason` and publishes the engine's last
+/// messages (its `ERROR`) before ending.
+async fn abort_and_tell(engine: &mut Stream, link: &Link, reason: &str) -> End {
+    let reason = ErrorReason::Other(reason.into());
+    engine.abort(reason.clone());
+    while let Some(out) = engine.poll_output() {
+        if let Output::Publish(m) = out {
+            let _ = link.send(&m).await;
+        }
+    }
+    End::Aborted(reason)
 }
 
 /// Publishes the engine's messages until it reports the open result
@@ -268,6 +330,7 @@ where
     // Bytes read from the socket that the engine has not taken yet.
     let mut pending = first;
     let mut local_eof = false;
+    let mut delivery = Delivery::default();
     loop {
         let now = Instant::now();
         if let Some(limit) = link.transport.content_limit() {
@@ -284,13 +347,17 @@ where
         if local_eof && pending.is_empty() && !engine.is_finished() {
             engine.finish(now);
         }
-        if let Some(end) = flush(&mut engine, &link, &mut wr, &stats).await {
+        if let Some(end) = flush(&mut engine, &link, &mut delivery).await {
             return end;
         }
         if engine.is_closed() {
             return End::Closed;
         }
-        if engine.is_lingering() {
+        if delivery.is_empty() && delivery.shutdown {
+            delivery.shutdown = false;
+            let _ = wr.shutdown().await;
+        }
+        if engine.is_lingering() && delivery.is_empty() {
             // Done for the local side: release the socket and the caller, and
             // acknowledge the peer's last retransmissions in the background.
             drop((rd, wr, slot));
@@ -307,6 +374,17 @@ where
         let can_read = !local_eof && pending.is_empty() && engine.send_capacity() > 0;
         let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
+            r = delivery.write_some(&mut wr), if !delivery.is_empty() => match r {
+                Ok(n) => {
+                    delivery.advance(n);
+                    engine.consumed(n);
+                    stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    log::debug!("stream {}: local write failed: {e}", engine.key());
+                    return abort_and_tell(&mut engine, &link, "connection-reset").await;
+                }
+            },
             r = rd.read(&mut buf), if can_read => match r {
                 Ok(0) | Err(_) => local_eof = true,
                 Ok(n) => {
@@ -326,7 +404,7 @@ where
             _ = tokio::time::sleep(idle_timeout) => {
                 log::info!("stream {}: idle for {idle_timeout:?}, aborting", engine.key());
                 engine.abort(ErrorReason::Timeout);
-                let _ = flush(&mut engine, &link, &mut wr, &stats).await;
+                let _ = flush(&mut engine, &link, &mut delivery).await;
                 return End::Aborted(ErrorReason::Timeout);
             }
         }

@@ -222,7 +222,9 @@ struct Send {
     /// Lowest unacknowledged offset.
     acked: u64,
     in_flight: VecDeque<Segment>,
-    peer_window: u64,
+    /// Right edge of the peer's receive window: the highest `ack + window`
+    /// it advertised (it never moves left, so reordered acks do no harm).
+    peer_edge: u64,
     fin_queued: bool,
     fin_sent: bool,
     /// Acknowledgements that made progress since the last timeout; enough
@@ -255,6 +257,12 @@ struct Recv {
     finished: bool,
     /// Bytes delivered since the last acknowledgement went out.
     unacked_bytes: u64,
+    /// Bytes handed to the driver ([`Output::Deliver`]) that it has not yet
+    /// written to the local socket ([`Stream::consumed`]); they shrink the
+    /// advertised window, so a slow local reader slows the peer.
+    undelivered: u64,
+    /// Right edge of our window as last advertised (`ack + window`).
+    edge_sent: u64,
     ack_deadline: Option<Instant>,
     ack_now: bool,
 }
@@ -291,12 +299,48 @@ impl Stream {
         dialect: Dialect,
         now: Instant,
     ) -> Self {
+        Self::open_early(config, key, destination, dialect, &[], now).0
+    }
+
+    /// Entry side: like [`Stream::open`], with the stream's first bytes
+    /// inside the `CONNECT` (0-RTT, version 2 only): they occupy offsets
+    /// from 0, ride every retransmitted `CONNECT`, and count as in flight
+    /// until the exit acknowledges them. Returns the stream and how many of
+    /// `early` it took (at most one segment; none for a legacy stream). Use
+    /// it only toward exits known to speak version 2: a legacy exit never
+    /// answers a version-2 `CONNECT`.
+    pub fn open_early(
+        config: StreamConfig,
+        key: String,
+        destination: String,
+        dialect: Dialect,
+        early: &[u8],
+        now: Instant,
+    ) -> (Self, usize) {
         let mut s = Self::new(config, key, Side::Entry, dialect, destination.clone(), now);
         let mut connect = Message::new(s.key.clone(), MessageType::Connect);
         connect.destination = destination;
+        let mut taken = 0;
         if dialect == Dialect::V2 {
             connect.version = Some(PROTOCOL_VERSION);
-            connect.window = Some(s.config.window);
+            connect.window = Some(s.recv_window());
+            taken = early
+                .len()
+                .min(s.send.max_segment)
+                .min(usize::try_from(s.send.peer_edge).unwrap_or(usize::MAX));
+            if taken > 0 {
+                connect.seq = Some(0);
+                connect.data = early[..taken].to_vec();
+                s.send.in_flight.push_back(Segment {
+                    offset: 0,
+                    data: connect.data.clone(),
+                    fin: false,
+                    sent_at: now,
+                    retransmitted: false,
+                    sacked: false,
+                });
+                s.send.next_offset = taken as u64;
+            }
             s.connect = Some(connect.clone());
             s.connect_deadline = Some(now + s.send.rtt.rto);
         }
@@ -305,7 +349,7 @@ impl Stream {
             s.state = State::Open;
             s.out.push_back(Output::Opened);
         }
-        s
+        (s, taken)
     }
 
     /// Exit side: accepts a stream from a `CONNECT` message at `now`.
@@ -335,7 +379,7 @@ impl Stream {
             now,
         );
         if let Some(w) = connect.window {
-            s.send.peer_window = w;
+            s.send.peer_edge = w;
         }
         if !connect.data.is_empty() {
             match dialect {
@@ -360,7 +404,7 @@ impl Stream {
             next_offset: 0,
             acked: 0,
             in_flight: VecDeque::new(),
-            peer_window: config.window,
+            peer_edge: config.window,
             fin_queued: false,
             fin_sent: false,
             good_acks: 0,
@@ -372,6 +416,10 @@ impl Stream {
             ceiling: config.max_segment.max(1),
             path_down: false,
         };
+        let recv = Recv {
+            edge_sent: config.window,
+            ..Recv::default()
+        };
         Self {
             key,
             side,
@@ -380,7 +428,7 @@ impl Stream {
             config,
             destination,
             send,
-            recv: Recv::default(),
+            recv,
             connect: None,
             connect_deadline: None,
             out: VecDeque::new(),
@@ -434,7 +482,8 @@ impl Stream {
             return self.config.send_buffer;
         }
         let in_flight: usize = self.send.in_flight.iter().map(|s| s.data.len()).sum();
-        let window = usize::try_from(self.send.peer_window).unwrap_or(usize::MAX);
+        let window = usize::try_from(self.send.peer_edge.saturating_sub(self.send.acked))
+            .unwrap_or(usize::MAX);
         let limit = self
             .config
             .send_buffer
@@ -455,12 +504,13 @@ impl Stream {
             return;
         }
         self.state = State::Open;
+        self.out.push_back(Output::Opened);
+        // Bytes that rode in the CONNECT (0-RTT) wait until now; CONNECTED
+        // then acknowledges them.
+        self.drain_in_order(now);
         if self.dialect == Dialect::V2 {
             self.send_connected();
         }
-        self.out.push_back(Output::Opened);
-        // Bytes that rode in the CONNECT wait until now.
-        self.drain_in_order(now);
         self.transmit(now);
     }
 
@@ -468,8 +518,9 @@ impl Stream {
         let mut m = Message::new(self.key.clone(), MessageType::Connected);
         m.version = Some(PROTOCOL_VERSION);
         m.ack = Some(self.recv.next);
-        m.window = Some(self.config.window);
+        m.window = Some(self.recv_window());
         self.out.push_back(Output::Publish(m));
+        self.acknowledged_in_data();
     }
 
     /// Exit side: the backend could not be reached. Answers `ERROR` (v2; a
@@ -634,6 +685,15 @@ impl Stream {
                     self.state = State::Open;
                     self.out.push_back(Output::Opened);
                     self.deliver(msg.data);
+                    // 0-RTT bytes a legacy exit ignored go again as plain data.
+                    let early: Vec<Segment> = self.send.in_flight.drain(..).collect();
+                    self.send.rto_deadline = None;
+                    for seg in early {
+                        let mut m = Message::new(self.key.clone(), MessageType::Socks5Response);
+                        m.destination = self.destination.clone();
+                        m.data = seg.data;
+                        self.out.push_back(Output::Publish(m));
+                    }
                     return Ok(());
                 }
             }
@@ -651,6 +711,10 @@ impl Stream {
         }
         if let Some(ack) = msg.ack {
             self.on_ack(ack, msg.window, msg.sack.as_deref().unwrap_or(&[]), now);
+            if self.state == State::Closed {
+                // The acknowledgement aborted the stream: nothing else counts.
+                return Ok(());
+            }
         }
         match msg.kind {
             MessageType::Data | MessageType::Socks5Response => match msg.seq {
@@ -746,6 +810,11 @@ impl Stream {
             self.connect_deadline = None;
             self.send.backoff = 0;
             self.out.push_back(Output::Opened);
+            // 0-RTT bytes not acknowledged by the answer are retransmitted
+            // as data from now on.
+            if !self.send.in_flight.is_empty() && self.send.rto_deadline.is_none() {
+                self.send.rto_deadline = Some(now + self.send.rtt.rto);
+            }
             // Data that overtook the answer waits in the reorder buffer.
             self.drain_in_order(now);
         }
@@ -778,8 +847,37 @@ impl Stream {
 
     fn deliver(&mut self, data: Vec<u8>) {
         if !data.is_empty() && !self.recv.finished {
+            if self.dialect == Dialect::V2 {
+                self.recv.undelivered += data.len() as u64;
+            }
             self.out.push_back(Output::Deliver(data));
         }
+    }
+
+    /// Receive window to advertise now: the configured window less what the
+    /// driver still holds undelivered, in bytes.
+    fn recv_window(&self) -> u64 {
+        self.config.window.saturating_sub(self.recv.undelivered)
+    }
+
+    /// The driver wrote `n` more delivered bytes to the local socket. The
+    /// window opens again; once it has opened by a quarter since it was
+    /// last advertised, an acknowledgement tells the peer (a window update).
+    pub fn consumed(&mut self, n: usize) {
+        self.recv.undelivered = self.recv.undelivered.saturating_sub(n as u64);
+        if self.dialect != Dialect::V2 || matches!(self.state, State::Closed | State::Connecting) {
+            return;
+        }
+        let edge = self.recv.next + self.recv_window();
+        if edge >= self.recv.edge_sent + self.config.window / 4 {
+            self.recv.ack_now = true;
+            self.flush_ack();
+        }
+    }
+
+    /// Bytes delivered to the driver and not yet reported consumed.
+    pub fn undelivered_bytes(&self) -> u64 {
+        self.recv.undelivered
     }
 
     fn on_data(&mut self, seq: u64, data: Vec<u8>, now: Instant) {
@@ -795,6 +893,7 @@ impl Stream {
             return;
         }
         let window = self.config.window;
+        let recv_window = self.recv_window();
         let connecting = self.state == State::Connecting;
         let r = &mut self.recv;
         if end <= r.next {
@@ -802,7 +901,7 @@ impl Stream {
             r.ack_now = true;
             return;
         }
-        if end > r.next.saturating_add(window) {
+        if end > r.next.saturating_add(recv_window) {
             log::debug!(
                 "stream {}: data at {seq}..{end} beyond the window (next {}): dropped",
                 self.key,
@@ -917,9 +1016,6 @@ impl Stream {
 
     fn on_ack(&mut self, ack: u64, window: Option<u64>, sack: &[[u64; 2]], now: Instant) {
         let s = &mut self.send;
-        if let Some(w) = window {
-            s.peer_window = w;
-        }
         if ack > s.next_offset {
             log::warn!(
                 "stream {}: ack {ack} beyond what was sent ({})",
@@ -928,6 +1024,14 @@ impl Stream {
             );
             self.protocol_error();
             return;
+        }
+        if let Some(w) = window {
+            s.peer_edge = s.peer_edge.max(ack.saturating_add(w));
+            if w == 0 {
+                // The peer is there but its reader is slow: waiting on a
+                // closed window is not a peer that stopped acknowledging.
+                s.progress_at = now;
+            }
         }
         if ack > s.acked {
             s.acked = ack;
@@ -1028,7 +1132,8 @@ impl Stream {
         // Big events that keep vanishing while relays take them may exceed a
         // relay's size limit (some relays drop them without an answer): try
         // smaller ones.
-        if self.send.backoff >= SHRINK_AFTER_TIMEOUTS && !self.send.path_down {
+        let window_closed = self.send.peer_edge <= self.send.acked;
+        if self.send.backoff >= SHRINK_AFTER_TIMEOUTS && !self.send.path_down && !window_closed {
             let smaller = (self.send.max_segment / 2).max(self.config.min_segment);
             if smaller < self.send.max_segment {
                 log::info!(
@@ -1116,6 +1221,7 @@ impl Stream {
         self.recv.ack_now = false;
         self.recv.ack_deadline = None;
         self.recv.unacked_bytes = 0;
+        self.recv.edge_sent = self.recv.next + self.recv_window();
     }
 
     fn segment_message(&self, seg: &Segment) -> Message {
@@ -1128,7 +1234,7 @@ impl Stream {
         m.seq = Some(seg.offset);
         m.data = seg.data.clone();
         m.ack = Some(self.recv.next);
-        m.window = Some(self.config.window);
+        m.window = Some(self.recv_window());
         m.sack = self.sack_ranges();
         m
     }
@@ -1150,8 +1256,7 @@ impl Stream {
     }
 
     fn can_send_more(&self) -> bool {
-        let in_flight = self.send.next_offset - self.send.acked;
-        in_flight < self.send.peer_window
+        self.send.next_offset < self.send.peer_edge
     }
 
     fn transmit(&mut self, now: Instant) {
@@ -1175,10 +1280,20 @@ impl Stream {
 
     fn segment_unsent(&mut self, now: Instant, timer: bool) {
         loop {
-            let in_flight = self.send.next_offset - self.send.acked;
-            let room = usize::try_from(self.send.peer_window.saturating_sub(in_flight))
+            let room = usize::try_from(self.send.peer_edge.saturating_sub(self.send.next_offset))
                 .unwrap_or(usize::MAX);
-            if self.send.unsent.is_empty() || room == 0 {
+            if self.send.unsent.is_empty() {
+                break;
+            }
+            if room == 0 {
+                if self.send.in_flight.is_empty() {
+                    // Zero-window probe: one byte past the closed window,
+                    // retransmitted on timeout, draws an acknowledgement
+                    // with the current window even if a window update was
+                    // lost (TCP's persist timer).
+                    let probe: Vec<u8> = self.send.unsent.drain(..1).collect();
+                    self.push_segment(probe, false, now);
+                }
                 break;
             }
             let size = self.send.unsent.len().min(self.send.max_segment).min(room);
@@ -1235,7 +1350,7 @@ impl Stream {
         }
         let mut m = Message::new(self.key.clone(), MessageType::Ack);
         m.ack = Some(self.recv.next);
-        m.window = Some(self.config.window);
+        m.window = Some(self.recv_window());
         m.sack = self.sack_ranges();
         self.out.push_back(Output::Publish(m));
         self.acknowledged_in_data();

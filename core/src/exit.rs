@@ -94,7 +94,7 @@ pub enum ExitError {
 /// Streams of one entry author.
 struct Author {
     cipher: Cipher,
-    streams: HashMap<String, mpsc::UnboundedSender<Message>>,
+    streams: HashMap<String, mpsc::Sender<Message>>,
 }
 
 type Authors = Arc<Mutex<HashMap<PublicKey, Author>>>;
@@ -233,7 +233,7 @@ impl Server {
         None
     }
 
-    async fn run(self, mut inbox: mpsc::UnboundedReceiver<Event>) {
+    async fn run(self, mut inbox: mpsc::Receiver<Event>) {
         loop {
             let ev = tokio::select! {
                 ev = inbox.recv() => match ev { Some(ev) => ev, None => return },
@@ -274,7 +274,7 @@ impl Server {
         {
             let authors = lock(&self.authors);
             if let Some(tx) = authors.get(&author).and_then(|a| a.streams.get(&msg.key)) {
-                let _ = tx.send(msg);
+                crate::driver::offer(tx, msg);
                 return;
             }
         }
@@ -315,7 +315,7 @@ impl Server {
             send_all(&mut engine, &link).await;
             return;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(crate::driver::STREAM_INBOX);
         lock(&self.authors)
             .entry(author)
             .or_insert_with(|| Author {

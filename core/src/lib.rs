@@ -12,6 +12,7 @@ pub mod engine;
 pub mod entry;
 pub mod exit;
 pub mod names;
+pub mod nip11;
 pub mod policy;
 pub mod protocol;
 pub mod relay;

@@ -213,8 +213,11 @@ fn decode_relay_label(label: &str) -> Option<RelayUrl> {
 /// that URL parsing adds for an empty path (so `ws://host:1` stays 11 bytes
 /// and round-trips exactly).
 fn relay_text(relay: &RelayUrl) -> &str {
-    let text = relay.as_str();
+    // The URL's own serialization: `RelayUrl::as_str` drops a trailing
+    // slash of any path, which would name another URL (`ws://o/a/` is not
+    // `ws://o/a`).
     let url: &nostr::Url = relay.into();
+    let text = url.as_str();
     if url.path() == "/" && url.query().is_none() && url.fragment().is_none() {
         text.strip_suffix('/').unwrap_or(text)
     } else {

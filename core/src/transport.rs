@@ -41,6 +41,11 @@ const MAX_RELAY_QUEUE: usize = 256;
 const NOTIFICATION_CHANNEL: usize = 4096;
 /// How many published events' sizes are remembered.
 const RECENT_EVENTS: usize = 1024;
+/// Events one route ([`Transport::route`]) holds for a receiver that has
+/// not taken them yet; more are dropped.
+pub const ROUTE_CAPACITY: usize = 4096;
+/// How long a relay's NIP-11 document may take to arrive.
+const NIP11_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the relay transport.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +79,7 @@ pub struct PublishReport {
 type OkSender = mpsc::UnboundedSender<(RelayUrl, bool, String)>;
 
 struct Routes {
-    streams: HashMap<PublicKey, mpsc::UnboundedSender<Event>>,
+    streams: HashMap<PublicKey, mpsc::Sender<Event>>,
     pending_ok: HashMap<EventId, OkSender>,
     seen: HashSet<EventId>,
     seen_order: VecDeque<EventId>,
@@ -172,9 +177,33 @@ impl Transport {
                     .connect_relay(url.clone())
                     .await
                     .map_err(|e| TransportError::Pool(e.to_string()))?;
+                self.learn_limits(url.clone());
             }
         }
         Ok(())
+    }
+
+    /// Reads `relay`'s NIP-11 document in the background; a published size
+    /// limit lowers [`Transport::content_limit`] before any event is lost to it.
+    fn learn_limits(&self, relay: RelayUrl) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            match crate::nip11::fetch_limits(&relay, NIP11_TIMEOUT).await {
+                Ok(limits) => {
+                    let Some(limit) = limits.content_limit() else {
+                        log::debug!("relay {relay}: NIP-11 document without size limits");
+                        return;
+                    };
+                    if let Some(inner) = inner.upgrade() {
+                        inner.content_limit.fetch_min(limit, Ordering::Relaxed);
+                        log::info!(
+                            "relay {relay}: NIP-11 limits {limits:?}: event content kept under {limit} bytes"
+                        );
+                    }
+                }
+                Err(e) => log::debug!("relay {relay}: no NIP-11 limits ({e})"),
+            }
+        });
     }
 
     /// Adds `relays` and waits up to `timeout` until at least one of them is
@@ -231,9 +260,12 @@ impl Transport {
     }
 
     /// Routes events `p`-tagged to `recipient` into the returned channel,
-    /// replacing any earlier route for that key.
-    pub fn route(&self, recipient: PublicKey) -> mpsc::UnboundedReceiver<Event> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// replacing any earlier route for that key. The channel holds at most
+    /// [`ROUTE_CAPACITY`] events; while it is full, further events for the
+    /// recipient are dropped (version-2 peers retransmit), so a flood cannot
+    /// grow memory without bound.
+    pub fn route(&self, recipient: PublicKey) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
         lock(&self.inner.routes).streams.insert(recipient, tx);
         rx
     }
@@ -446,8 +478,15 @@ async fn run_router(
                 match routes.streams.get(&to) {
                     Some(tx) => {
                         inner.received.fetch_add(1, Ordering::Relaxed);
-                        if tx.send(*event).is_err() {
-                            routes.streams.remove(&to);
+                        match tx.try_send(*event) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(ev)) => log::debug!(
+                                "event {} for {to}: receiver {ROUTE_CAPACITY} events behind, dropped",
+                                ev.id
+                            ),
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                routes.streams.remove(&to);
+                            }
                         }
                     }
                     None => log::debug!("event {} for unknown recipient {to}: dropped", event.id),

@@ -35,7 +35,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -73,6 +73,13 @@ pub struct FaultConfig {
     /// are silently withheld from the client (counted in
     /// [`FaultStats::deliver_rejected`]).
     pub max_event_bytes: Option<usize>,
+    /// Client EVENTs over `max_event_bytes` vanish without an `OK` (as
+    /// nostr-rs-relay does) instead of `OK false`.
+    pub silent_size_drops: bool,
+    /// `limitation.max_message_length` of the NIP-11 document served to an
+    /// HTTP `GET` with `Accept: application/nostr+json`; `None` serves a
+    /// document without limits.
+    pub nip11_max_message_length: Option<usize>,
     /// RNG seed.
     pub seed: u64,
 }
@@ -83,6 +90,8 @@ impl Default for FaultConfig {
             drop_publish: 0.0,
             drop_deliver: 0.0,
             max_event_bytes: None,
+            silent_size_drops: false,
+            nip11_max_message_length: None,
             seed: 0,
         }
     }
@@ -395,6 +404,7 @@ impl Shared {
             if size > limit {
                 bump(rejected);
                 return match dir {
+                    Direction::Publish if config.silent_size_drops => Verdict::Drop,
                     Direction::Publish => {
                         let id = fields.get("id").and_then(Value::as_str).unwrap_or("");
                         let reason = format!("invalid: event too large ({size} > {limit} bytes)");
@@ -466,8 +476,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// Connects upstream, completes the client's handshake, then proxies until either
 /// side ends. If the upstream relay is unreachable the client's TCP connection is
 /// closed before its websocket handshake completes.
-async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
+async fn handle_connection(mut stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    if let Some(head) = peek_head(&stream).await {
+        let lower = head.to_ascii_lowercase();
+        if !lower.contains("upgrade: websocket") && lower.contains("application/nostr+json") {
+            let limit = lock(&shared.faults).config.nip11_max_message_length;
+            serve_nip11(&mut stream, limit).await;
+            return;
+        }
+    }
     let upstream = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         tokio_tungstenite::connect_async_with_config(shared.upstream.as_str(), None, true),
@@ -487,6 +505,50 @@ async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
         _ => return,
     };
     proxy(client, upstream, &shared).await;
+}
+
+/// The client's request head (up to the blank line), without consuming it.
+async fn peek_head(stream: &TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 8192];
+    let peek = async {
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+                return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+            }
+            if n == buf.len() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, peek)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Answers a NIP-11 request with a relay information document.
+async fn serve_nip11(stream: &mut TcpStream, max_message_length: Option<usize>) {
+    let mut doc = serde_json::json!({
+        "name": "nws-tests faulty relay",
+        "supported_nips": [1, 11],
+    });
+    if let Some(m) = max_message_length {
+        doc["limitation"] = serde_json::json!({ "max_message_length": m });
+    }
+    let body = doc.to_string();
+    let response = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: application/nostr+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut head = vec![0u8; 8192];
+    let _ = stream.read(&mut head).await;
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Copies frames both ways, applying the faults, until either side closes or fails;

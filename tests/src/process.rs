@@ -118,6 +118,11 @@ impl NwsProcess {
             .unwrap_or_else(|| panic!("nws printed no `{key}:` line: {:?}", self.values))
     }
 
+    /// Whether it printed a `key:` line.
+    pub fn has_value(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
     /// Everything it wrote to stderr so far (its log).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -72,6 +72,7 @@ impl Path {
         .await;
         let mut args = vec![
             "entry",
+            "--no-auth",
             "--relay",
             &url,
             "--socks",

@@ -35,6 +35,7 @@ async fn exit(
 async fn entry(relay: &str, extra: &[&str]) -> NwsProcess {
     let mut args = vec![
         "entry",
+        "--no-auth",
         "--relay",
         relay,
         "--socks",

@@ -30,7 +30,14 @@ async fn exit_and_entry(
     }
     args.extend_from_slice(exit_args);
     let exit = NwsProcess::spawn(&args).await;
-    let mut args = vec!["entry", "--socks", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let mut args = vec![
+        "entry",
+        "--no-auth",
+        "--socks",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ];
     for r in relays {
         args.extend_from_slice(&["--relay", r]);
     }
@@ -127,8 +134,8 @@ async fn download_through_lossy_relay(drop: f64, seed: u64) {
         FaultConfig {
             drop_publish: drop / 2.0,
             drop_deliver: drop / 2.0,
-            max_event_bytes: None,
             seed,
+            ..FaultConfig::default()
         },
     )
     .await;
@@ -188,6 +195,59 @@ async fn download_adapts_to_a_relay_size_limit() {
     .await;
     assert!(faulty.stats().publish_rejected > 0);
     assert!(exit.stderr().contains("too large"), "{}", exit.stderr());
+}
+
+/// A relay that drops events above 16 KiB without a word (as nostr-rs-relay
+/// does) but publishes the limit in its NIP-11 document: both ends read it
+/// at start, and not one event of a 1 MiB download is too large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_keeps_under_a_limit_published_in_nip11() {
+    let backend = HttpBackend::start().await;
+    let relay = nws_relay().await;
+    let faulty = FaultyRelay::start(
+        relay.value("relay"),
+        FaultConfig {
+            max_event_bytes: Some(16 * 1024),
+            silent_size_drops: true,
+            nip11_max_message_length: Some(16 * 1024),
+            ..FaultConfig::default()
+        },
+    )
+    .await;
+    let relays = [faulty.url()];
+    let (exit, entry, _dir) = exit_and_entry(&relays, &backend, &[], &[]).await;
+    for (name, p) in [("exit", &exit), ("entry", &entry)] {
+        let mut learned = false;
+        for _ in 0..100 {
+            if p.stderr().contains("NIP-11 limits") {
+                learned = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            learned,
+            "{name} did not read the NIP-11 limit:\n{}",
+            p.stderr()
+        );
+    }
+    let domain = exit.value("domain").to_string();
+    download_while(
+        "16 KiB limit from NIP-11",
+        &entry,
+        &domain,
+        &backend,
+        "1m",
+        &[],
+        async {},
+    )
+    .await;
+    let stats = faulty.stats();
+    assert_eq!(
+        stats.publish_rejected, 0,
+        "events over the limit: {stats:?}"
+    );
+    assert!(stats.publish_forwarded > 60, "{stats:?}");
 }
 
 /// GETs `http://{domain}/{file}` through the SOCKS5 proxy and reads the
@@ -293,6 +353,7 @@ async fn legacy_mode_both_ways() {
     let npub = legacy_exit.value("npub").to_string();
     let entry2 = NwsProcess::spawn(&[
         "entry",
+        "--no-auth",
         "--relay",
         &relays[0],
         "--socks",

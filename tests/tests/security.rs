@@ -137,6 +137,7 @@ async fn the_proxy_listens_on_loopback_only_unless_configured_otherwise() {
     // Configured otherwise: exactly the address given.
     let entry = NwsProcess::spawn(&[
         "entry",
+        "--no-auth",
         "--relay",
         svc.relay_url(),
         "--socks",
@@ -297,6 +298,64 @@ async fn with_credentials_a_client_without_them_gets_nothing_but_the_refusal() {
     assert_eq!(out.body, svc.backend.file("hello"), "{out:?}");
 }
 
+/// Without `--auth` the entry makes random credentials at start and prints
+/// them (the mobile proxy does the same): a local client without them is
+/// refused on both ports, a client with them is served; `--no-auth` is the
+/// explicit way to an open proxy. A second start makes other credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entry_requires_random_credentials_by_default() {
+    let svc = Service::start(&[]).await;
+    let args = [
+        "entry",
+        "--relay",
+        svc.relay_url(),
+        "--socks",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    let entry = NwsProcess::spawn(&args).await;
+    let (user, pass) = (entry.value("proxy-user"), entry.value("proxy-password"));
+    assert!(!user.is_empty(), "no user printed");
+    assert_eq!(pass.len(), 32, "password of 128 bits in hex: {pass}");
+    let (socks, http) = (entry.value("socks5"), entry.value("http"));
+
+    let out = curl(&["--socks5-hostname", socks, &svc.url("hello")]).await;
+    assert!(out.stdout.is_empty(), "served without credentials: {out:?}");
+    let p = probe(socks, &[5, 1, 0], false, WAIT).await;
+    assert_eq!(p.reply, vec![5, 0xFF], "no acceptable method");
+    let out = curl_http(&["--proxy", &format!("http://{http}"), &svc.url("hello")]).await;
+    assert_eq!(out.http_code, 407, "{:?}", out.stderr);
+
+    let with = format!("{user}:{pass}");
+    let out = curl(&[
+        "--proxy",
+        &format!("socks5h://{with}@{socks}"),
+        &svc.url("hello"),
+    ])
+    .await;
+    assert_eq!(out.stdout, svc.backend.file("hello"), "{out:?}");
+    let out = curl_http(&[
+        "--proxy",
+        &format!("http://{http}"),
+        "--proxy-user",
+        &with,
+        &svc.url("hello"),
+    ])
+    .await;
+    assert_eq!(out.body, svc.backend.file("hello"), "{out:?}");
+
+    let again = NwsProcess::spawn(&args).await;
+    assert_ne!(again.value("proxy-password"), pass, "credentials per start");
+    let open = NwsProcess::spawn(&[&["entry", "--no-auth"][..], &args[1..]].concat()).await;
+    assert!(
+        !open.has_value("proxy-password"),
+        "--no-auth prints no credentials"
+    );
+    let out = curl(&["--socks5-hostname", open.value("socks5"), &svc.url("hello")]).await;
+    assert_eq!(out.stdout, svc.backend.file("hello"), "{out:?}");
+}
+
 // ---------------------------------------------------------------------------
 // No DNS leak
 // ---------------------------------------------------------------------------
@@ -422,6 +481,7 @@ async fn no_command_prints_or_logs_a_secret_key() {
     let entry = NwsProcess::spawn_env(
         &[
             "entry",
+            "--no-auth",
             "--relay",
             svc.relay_url(),
             "--socks",

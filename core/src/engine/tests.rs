@@ -11,8 +11,16 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+/// Everything the engine has to say; delivered bytes count as written to
+/// the local socket at once (a fast reader).
 fn drain(s: &mut Stream) -> Vec<Output> {
-    std::iter::from_fn(|| s.poll_output()).collect()
+    let outs: Vec<Output> = std::iter::from_fn(|| s.poll_output()).collect();
+    for o in &outs {
+        if let Output::Deliver(d) = o {
+            s.consumed(d.len());
+        }
+    }
+    outs
 }
 
 fn published(outs: &[Output]) -> Vec<Message> {
@@ -556,11 +564,25 @@ struct Transfer {
     closed: [bool; 2],
     peak_buffered: usize,
     messages: u64,
+    /// Most bytes delivered and not yet read, on either side.
+    peak_undelivered: u64,
 }
 
 /// Sends `data[0]` from entry to exit and `data[1]` back, both finishing,
 /// through `net`; runs (bounded) until both streams close.
 fn transfer(seed: u64, net: Net, config: StreamConfig, data: [Vec<u8>; 2]) -> Transfer {
+    transfer_with_reader(seed, net, config, data, None)
+}
+
+/// [`transfer`], with local readers that take at most `reader.0` bytes
+/// every `reader.1` (a slow application) when given.
+fn transfer_with_reader(
+    seed: u64,
+    net: Net,
+    config: StreamConfig,
+    data: [Vec<u8>; 2],
+    reader: Option<(usize, Duration)>,
+) -> Transfer {
     let t0 = Instant::now();
     let mut sim = Sim {
         rng: StdRng::seed_from_u64(seed),
@@ -576,7 +598,11 @@ fn transfer(seed: u64, net: Net, config: StreamConfig, data: [Vec<u8>; 2]) -> Tr
     let mut written = [0usize, 0usize];
     let mut got = [Vec::new(), Vec::new()];
     let mut finished = [false, false];
-    for _step in 0..200_000 {
+    // Delivered bytes the slow reader has not read yet, and when it reads next.
+    let mut held: [VecDeque<u8>; 2] = [VecDeque::new(), VecDeque::new()];
+    let mut next_read = [t0, t0];
+    let mut peak_undelivered = 0u64;
+    for _step in 0..400_000 {
         // The applications write what the engines take, then finish.
         for i in 0..2 {
             let s = &mut ends[i];
@@ -593,7 +619,13 @@ fn transfer(seed: u64, net: Net, config: StreamConfig, data: [Vec<u8>; 2]) -> Tr
             while let Some(o) = ends[i].poll_output() {
                 match o {
                     Output::Publish(m) => sim.send(1 - i, m),
-                    Output::Deliver(d) => got[i].extend(d),
+                    Output::Deliver(d) => match reader {
+                        None => {
+                            ends[i].consumed(d.len());
+                            got[i].extend(d)
+                        }
+                        Some(_) => held[i].extend(d),
+                    },
                     Output::PeerFinished => finished[i] = true,
                     Output::Aborted(r) => {
                         for (j, e) in ends.iter().enumerate() {
@@ -612,13 +644,32 @@ fn transfer(seed: u64, net: Net, config: StreamConfig, data: [Vec<u8>; 2]) -> Tr
                 }
             }
         }
-        if ends.iter().all(|s| s.is_closed()) {
+        if let Some((chunk, period)) = reader {
+            for i in 0..2 {
+                peak_undelivered = peak_undelivered.max(ends[i].undelivered_bytes());
+                if !held[i].is_empty() && sim.now >= next_read[i] {
+                    let n = chunk.min(held[i].len());
+                    got[i].extend(held[i].drain(..n));
+                    ends[i].consumed(n);
+                    next_read[i] = sim.now + period;
+                }
+            }
+        }
+        if ends.iter().all(|s| s.is_closed()) && held.iter().all(|h| h.is_empty()) {
             break;
         }
-        // Advance to the next event: a message arriving or a timer.
+        // Advance to the next event: a message arriving, a timer, a read.
         let next_msg = sim.queue.peek().map(|Reverse((t, ..))| *t);
         let next_timer = ends.iter().filter_map(|s| s.poll_timeout()).min();
-        let Some(next) = [next_msg, next_timer].into_iter().flatten().min() else {
+        let next_reads = (0..2)
+            .filter(|&i| !held[i].is_empty())
+            .map(|i| next_read[i].max(sim.now))
+            .min();
+        let Some(next) = [next_msg, next_timer, next_reads]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
             break;
         };
         sim.now = sim.now.max(next);
@@ -644,6 +695,7 @@ fn transfer(seed: u64, net: Net, config: StreamConfig, data: [Vec<u8>; 2]) -> Tr
         closed: [ends[0].is_closed(), ends[1].is_closed()],
         peak_buffered: sim.peak_buffered,
         messages: sim.messages,
+        peak_undelivered,
     }
 }
 
@@ -729,6 +781,245 @@ fn delivers_exactly_once_in_order_through_loss_duplication_and_reordering() {
             check(seed, loss, 20_000);
         }
     }
+}
+
+#[test]
+fn first_bytes_ride_in_the_connect_and_are_acknowledged_by_connected() {
+    let t0 = Instant::now();
+    let (mut entry, taken) = Stream::open_early(
+        StreamConfig::default(),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        b"GET / HTTP/1.1\r\n\r\n",
+        t0,
+    );
+    assert_eq!(taken, 18);
+    let connect = published(&drain(&mut entry)).remove(0);
+    assert_eq!(connect.kind, MessageType::Connect);
+    assert_eq!(
+        (connect.seq, &connect.data[..]),
+        (Some(0), &b"GET / HTTP/1.1\r\n\r\n"[..])
+    );
+    // The CONNECT is lost once: its retransmission carries the bytes again.
+    let t1 = entry.poll_timeout().unwrap();
+    entry.handle_timeout(t1);
+    let again = published(&drain(&mut entry));
+    assert_eq!(
+        again.len(),
+        1,
+        "only the CONNECT, no separate data: {again:?}"
+    );
+    assert_eq!(again[0].data, connect.data);
+    let mut exit = Stream::accept(StreamConfig::default(), again[0].clone(), t1).unwrap();
+    exit.backend_connected(t1);
+    let outs = drain(&mut exit);
+    assert_eq!(delivered(&outs), b"GET / HTTP/1.1\r\n\r\n");
+    let connected = published(&outs);
+    assert_eq!(connected[0].kind, MessageType::Connected);
+    assert_eq!(
+        connected[0].ack,
+        Some(18),
+        "CONNECTED acknowledges the 0-RTT bytes"
+    );
+    for m in connected {
+        entry.handle_message(m, t1).unwrap();
+    }
+    assert!(drain(&mut entry).contains(&Output::Opened));
+    assert_eq!(entry.buffered_bytes(), 0, "nothing left in flight");
+    // Later bytes follow at offset 18.
+    entry.write(b"more", t1).unwrap();
+    let m = published(&drain(&mut entry)).remove(0);
+    assert_eq!(m.seq, Some(18));
+}
+
+#[test]
+fn first_bytes_not_acknowledged_are_retransmitted_as_data() {
+    let t0 = Instant::now();
+    let (mut entry, _) = Stream::open_early(
+        StreamConfig::default(),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        b"hello",
+        t0,
+    );
+    drain(&mut entry);
+    // An exit that answers without acknowledging (ack 0).
+    let mut connected = Message::new("k", MessageType::Connected);
+    connected.version = Some(2);
+    connected.ack = Some(0);
+    connected.window = Some(1000);
+    entry.handle_message(connected, t0).unwrap();
+    drain(&mut entry);
+    let t1 = entry.poll_timeout().expect("a retransmission timer");
+    entry.handle_timeout(t1);
+    let resent = published(&drain(&mut entry));
+    assert_eq!(resent[0].kind, MessageType::Data);
+    assert_eq!(
+        (resent[0].seq, &resent[0].data[..]),
+        (Some(0), &b"hello"[..])
+    );
+}
+
+#[test]
+fn first_bytes_go_again_as_plain_data_to_an_exit_that_answers_legacy() {
+    let t0 = Instant::now();
+    let (mut entry, _) = Stream::open_early(
+        StreamConfig::default(),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        b"hello",
+        t0,
+    );
+    drain(&mut entry);
+    let mut plain = Message::new("k", MessageType::Socks5Response);
+    plain.data = b"hi".to_vec();
+    entry.handle_message(plain, t0).unwrap();
+    let outs = drain(&mut entry);
+    assert_eq!(entry.dialect(), Dialect::Legacy);
+    let sent = published(&outs);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].seq, &sent[0].data[..]), (None, &b"hello"[..]));
+}
+
+#[test]
+fn a_slow_reader_closes_the_window_and_loses_nothing() {
+    // The reader takes 500 bytes every 50 ms (10 KB/s) while the peer could
+    // send far faster: the window closes, zero-window probes and window
+    // updates reopen it, through loss, and the undelivered backlog never
+    // exceeds the window.
+    for (seed, loss) in [(1, 0.0), (2, 0.1), (3, 0.2)] {
+        let up = random_bytes(seed, 5_000);
+        let down = random_bytes(seed + 1, 60_000);
+        let t = transfer_with_reader(
+            seed,
+            Net {
+                loss,
+                dup: 0.1,
+                max_delay_ms: 40,
+            },
+            sim_config(),
+            [up.clone(), down.clone()],
+            Some((500, Duration::from_millis(50))),
+        );
+        assert!(t.got[1] == up, "seed {seed} loss {loss}: up differs");
+        assert!(t.got[0] == down, "seed {seed} loss {loss}: down differs");
+        assert_eq!(t.closed, [true, true], "seed {seed} loss {loss}");
+        assert!(
+            t.peak_undelivered <= sim_config().window,
+            "undelivered {} > window",
+            t.peak_undelivered
+        );
+        assert!(
+            t.peak_undelivered >= sim_config().window / 2,
+            "the window filled ({}): the reader was the bottleneck",
+            t.peak_undelivered
+        );
+    }
+}
+
+#[test]
+fn a_closed_window_is_probed_and_never_given_up() {
+    // The reader stops for ten minutes (longer than give_up_after) and the
+    // window update that reopens the window is lost: the writer keeps
+    // probing and the stream neither aborts nor loses a byte.
+    let t0 = Instant::now();
+    let c = StreamConfig {
+        max_segment: 100,
+        window: 1000,
+        give_up_after: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let (mut entry, mut exit) = open_pair(c, t0);
+    let data = random_bytes(9, 3000);
+    assert_eq!(entry.write(&data, t0).unwrap(), 3000);
+    let mut got = Vec::new();
+    let mut now = t0;
+    // Deliver everything the entry sends, but the exit's reader never reads.
+    for _ in 0..10_000 {
+        for m in published(&drain(&mut entry)) {
+            exit.handle_message(m, now).unwrap();
+        }
+        let outs: Vec<Output> = std::iter::from_fn(|| exit.poll_output()).collect();
+        for o in &outs {
+            if let Output::Deliver(d) = o {
+                got.extend(d);
+            }
+        }
+        for m in published(&outs) {
+            entry.handle_message(m, now).unwrap();
+        }
+        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        if t > t0 + Duration::from_secs(600) {
+            break;
+        }
+        now = t;
+        entry.handle_timeout(now);
+        exit.handle_timeout(now);
+    }
+    assert_eq!(
+        got.len(),
+        1000,
+        "exactly one window delivered while stalled"
+    );
+    assert_eq!(exit.undelivered_bytes(), 1000);
+    assert!(
+        !entry.is_closed(),
+        "the writer did not give up on a closed window"
+    );
+    // The reader reads everything; its window update is lost.
+    exit.consumed(1000);
+    let lost_update = published(&drain(&mut exit));
+    assert_eq!(lost_update.len(), 1);
+    assert_eq!(lost_update[0].window, Some(1000));
+    // The next probe draws a fresh acknowledgement and the transfer finishes.
+    for _ in 0..10_000 {
+        for m in published(&drain(&mut entry)) {
+            exit.handle_message(m, now).unwrap();
+        }
+        let outs = drain(&mut exit);
+        got.extend(delivered(&outs));
+        for m in published(&outs) {
+            entry.handle_message(m, now).unwrap();
+        }
+        if got.len() == data.len() {
+            break;
+        }
+        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        now = t;
+        entry.handle_timeout(now);
+        exit.handle_timeout(now);
+    }
+    assert!(got == data, "all bytes, in order");
+}
+
+#[test]
+fn nothing_follows_an_abort_for_a_bogus_ack() {
+    let t0 = Instant::now();
+    let (_, mut exit) = open_pair(StreamConfig::default(), t0);
+    let mut m = Message::new("k", MessageType::Data);
+    m.seq = Some(0);
+    m.data = b"late".to_vec();
+    m.ack = Some(99); // nothing was sent
+    exit.handle_message(m, t0).unwrap();
+    let outs = drain(&mut exit);
+    assert!(outs.contains(&Output::Aborted(ErrorReason::ProtocolError)));
+    assert_eq!(delivered(&outs), b"", "no data delivered after the abort");
+    assert!(exit.is_closed());
 }
 
 mod prop {

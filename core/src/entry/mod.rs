@@ -51,7 +51,11 @@ pub struct EntryConfig {
     pub legacy_exits: Vec<PublicKey>,
     /// Speak the legacy format to every exit.
     pub legacy_all: bool,
-    /// Most client connections served at once.
+    /// Most client connections served at once. A client past the cap waits
+    /// for a free slot for up to `handshake_timeout` (so a flood of silent
+    /// clients delays others by at most that long); then it is refused with
+    /// SOCKS5 reply 1 "general failure" or HTTP 503 and a log line. The
+    /// connections already served are not disturbed.
     pub max_connections: usize,
     /// A persistent key for every stream (for exits that allow only listed
     /// entries); `None` (the default) uses a fresh key per stream, so
@@ -149,7 +153,13 @@ pub struct Entry {
     subscriptions: Arc<ExitSubscriptions>,
     /// With a persistent key: the demultiplexer of its streams.
     demux: Option<Arc<Demux>>,
+    /// Exits that answered a version-2 `CONNECT` (bounded): streams to them
+    /// send their first bytes inside the `CONNECT` (0-RTT).
+    v2_exits: Arc<Mutex<HashSet<PublicKey>>>,
 }
+
+/// Most exits remembered as speaking version 2; the set starts over when full.
+const V2_EXITS_REMEMBERED: usize = 1024;
 
 impl Entry {
     /// Creates an entry over its own relay pool and starts connecting to the
@@ -167,6 +177,7 @@ impl Entry {
             stats: Arc::new(Stats::default()),
             subscriptions: Arc::default(),
             demux,
+            v2_exits: Arc::default(),
         })
     }
 
@@ -191,6 +202,21 @@ impl Entry {
     /// exit's answers, publishes `CONNECT` and (version 2) waits for
     /// `CONNECTED` or `ERROR`. The name is decoded locally: no DNS query.
     pub async fn open(&self, host: &str, port: u16) -> Result<NwsStream, OpenError> {
+        self.open_early(host, port, &[]).await.map(|(s, _)| s)
+    }
+
+    /// Like [`Entry::open`], offering the stream's first bytes (an HTTP
+    /// request head, say). Toward an exit that already answered this entry
+    /// in version 2, up to one segment of them rides inside the `CONNECT`
+    /// (0-RTT: the request reaches the backend one relay round trip
+    /// sooner). Returns the stream and how many of `early` were sent; pass
+    /// the rest to [`NwsStream::run`].
+    pub async fn open_early(
+        &self,
+        host: &str,
+        port: u16,
+        early: &[u8],
+    ) -> Result<(NwsStream, usize), OpenError> {
         let exit = match parse_host(host) {
             Ok(Some(exit)) => exit,
             Ok(None) => return Err(OpenError::NotNws(host.to_string())),
@@ -272,11 +298,18 @@ impl Entry {
                 host: host.to_string(),
                 source,
             })?;
-        let mut engine = Stream::open(
+        let known_v2 = lock(&self.v2_exits).contains(&exit.public_key);
+        let early = if dialect == Dialect::V2 && known_v2 {
+            early
+        } else {
+            &[]
+        };
+        let (mut engine, taken) = Stream::open_early(
             self.config.stream.clone(),
             key,
             format!("{label}:{port}"),
             dialect,
+            early,
             Instant::now(),
         );
         let link = Link {
@@ -299,14 +332,26 @@ impl Entry {
             Err(Some(reason)) => return Err(OpenError::Refused(reason)),
             Err(None) => return Err(OpenError::Timeout(timeout)),
         }
-        Ok(NwsStream {
+        {
+            let mut known = lock(&self.v2_exits);
+            if engine.dialect() == Dialect::V2 {
+                if known.len() >= V2_EXITS_REMEMBERED {
+                    known.clear();
+                }
+                known.insert(exit.public_key);
+            } else {
+                known.remove(&exit.public_key);
+            }
+        }
+        let stream = NwsStream {
             engine,
             link,
             inbox,
             guard,
             idle_timeout: self.config.idle_timeout,
             stats: self.stats.clone(),
-        })
+        };
+        Ok((stream, taken))
     }
 
     async fn publish_legacy_connect(
@@ -365,7 +410,7 @@ impl Drop for RouteGuard {
 /// the message's stream key.
 struct Demux {
     keys: Keys,
-    streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Message>>>,
+    streams: Mutex<HashMap<String, tokio::sync::mpsc::Sender<Message>>>,
     ciphers: Mutex<HashMap<PublicKey, Cipher>>,
 }
 
@@ -390,9 +435,7 @@ impl Demux {
                 };
                 match cipher.open(&ev.content) {
                     Ok(msg) => match lock(&demux.streams).get(&msg.key) {
-                        Some(tx) => {
-                            let _ = tx.send(msg);
-                        }
+                        Some(tx) => crate::driver::offer(tx, msg),
                         None => log::debug!("message for unknown stream {}: dropped", msg.key),
                     },
                     Err(e) => log::warn!("event {} from {}: {e}: dropped", ev.id, ev.pubkey),
@@ -412,8 +455,8 @@ impl Demux {
         Ok(c)
     }
 
-    fn register(&self, key: &str) -> tokio::sync::mpsc::UnboundedReceiver<Message> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    fn register(&self, key: &str) -> tokio::sync::mpsc::Receiver<Message> {
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::driver::STREAM_INBOX);
         lock(&self.streams).insert(key.to_string(), tx);
         rx
     }
@@ -668,11 +711,9 @@ async fn accept_loop(
     }
     let _listening = Listening(listening);
     let mut failures = 0u32;
+    // Clients past the cap waiting for a slot; beyond these they are closed.
+    let waiting = Arc::new(Semaphore::new(WAITING_AT_MOST));
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = cancel.cancelled() => return,
-        };
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => {
@@ -700,7 +741,46 @@ async fn accept_loop(
         let _ = sock.set_nodelay(true);
         let entry = entry.clone();
         let cancel = cancel.clone();
+        let ready = limit.clone().try_acquire_owned().ok();
+        let wait = match ready {
+            Some(_) => None,
+            None => match waiting.clone().try_acquire_owned() {
+                Ok(w) => Some(w),
+                Err(_) => {
+                    log::warn!("client {peer}: too many clients waiting for a slot, closed");
+                    continue;
+                }
+            },
+        };
+        let limit = limit.clone();
         tokio::spawn(async move {
+            let permit = match ready {
+                Some(p) => p,
+                None => {
+                    let slot = tokio::select! {
+                        p = tokio::time::timeout(
+                            entry.config.handshake_timeout,
+                            limit.acquire_owned(),
+                        ) => p.ok().and_then(Result::ok),
+                        _ = cancel.cancelled() => return,
+                    };
+                    drop(wait);
+                    match slot {
+                        Some(p) => p,
+                        None => {
+                            log::warn!(
+                                "client {peer}: {} connections already served, refused",
+                                entry.config.max_connections
+                            );
+                            tokio::select! {
+                                _ = refuse(&entry, sock, proto) => {}
+                                _ = cancel.cancelled() => {}
+                            }
+                            return;
+                        }
+                    }
+                }
+            };
             let serve = async {
                 match proto {
                     Protocol::Socks5 => serve_socks(&entry, sock).await,
@@ -736,6 +816,35 @@ mod libc_codes {
     } else {
         88
     };
+}
+
+/// Clients past `max_connections` waiting for a slot at once; more are
+/// closed unanswered.
+const WAITING_AT_MOST: usize = 256;
+
+/// Answers a client past the connection cap: reads its request (credentials
+/// are checked as usual, within the handshake timeout) and refuses it with
+/// SOCKS5 reply 1 "general failure" or HTTP 503.
+async fn refuse(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
+    let creds = entry.config.credentials.as_ref();
+    let deadline = entry.config.handshake_timeout;
+    match proto {
+        Protocol::Socks5 => {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(deadline, socks5::accept(&mut sock, creds)).await
+            {
+                let _ = socks5::reply(&mut sock, socks5::ReplyCode::GeneralFailure).await;
+            }
+        }
+        Protocol::Http => {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(deadline, http::read_request(&mut sock, creds)).await
+            {
+                let msg = "too many connections to the proxy; try again later";
+                let _ = http::write_error(&mut sock, 503, msg).await;
+            }
+        }
+    }
 }
 
 async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
@@ -800,28 +909,32 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream) {
         }
     };
     let (host, port) = (req.host().to_string(), req.port());
-    let stream = match entry.open(&host, port).await {
-        Ok(s) => s,
+    // A forwarded request is known before the stream opens: its head can
+    // ride in the CONNECT (0-RTT). A CONNECT client waits for our 200.
+    let (connect, mut first) = match req {
+        http::ProxyRequest::Connect { leftover, .. } => (true, leftover),
+        http::ProxyRequest::Forward {
+            mut head, leftover, ..
+        } => {
+            head.extend_from_slice(&leftover);
+            (false, head)
+        }
+    };
+    let early: &[u8] = if connect { &[] } else { &first };
+    let stream = match entry.open_early(&host, port, early).await {
+        Ok((s, sent)) => {
+            first.drain(..sent);
+            s
+        }
         Err(e) => {
             log::info!("HTTP proxy {host}:{port}: {e}");
             let _ = http::write_error(&mut sock, e.http_status(), &e.to_string()).await;
             return;
         }
     };
-    let first = match req {
-        http::ProxyRequest::Connect { leftover, .. } => {
-            if http::write_connect_established(&mut sock).await.is_err() {
-                return;
-            }
-            leftover
-        }
-        http::ProxyRequest::Forward {
-            mut head, leftover, ..
-        } => {
-            head.extend_from_slice(&leftover);
-            head
-        }
-    };
+    if connect && http::write_connect_established(&mut sock).await.is_err() {
+        return;
+    }
     if let Err(r) = stream.run(sock, first).await {
         log::debug!("HTTP proxy {host}:{port}: stream ended: {r}");
     }

@@ -11,9 +11,9 @@ use nws_core::protocol::{Message, MessageType};
 use crate::codec::fixed;
 use crate::engine::{EngineInput, Op};
 
-/// Inputs that broke a target while the bug is not fixed yet:
-/// `(target, file name, bytes)`, written to `fuzz/regressions/open/`.
-pub fn open_findings() -> Vec<(&'static str, String, Vec<u8>)> {
+/// Inputs that once broke a target (fixed since):
+/// `(target, file name, bytes)`, written to `fuzz/regressions/<target>/`.
+pub fn fixed_findings() -> Vec<(&'static str, String, Vec<u8>)> {
     let close_after_bogus_ack = EngineInput {
         flags: 0,
         peer_len: 0,

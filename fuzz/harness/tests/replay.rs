@@ -1,9 +1,7 @@
 //! Replays every committed input through its target on stable Rust, no
 //! fuzzer needed: the seed corpus (`fuzz/corpus/<target>/`) and every input
 //! that once broke something (`fuzz/regressions/<target>/`, one file per
-//! finding, named after it). A regression that still fails because the bug
-//! is not fixed yet lives in `fuzz/regressions/open/<target>/` and is replayed
-//! by the ignored test below.
+//! finding, named after it).
 
 use std::path::{Path, PathBuf};
 
@@ -64,16 +62,5 @@ fn committed_seeds_are_current() {
                 path.display()
             );
         }
-    }
-}
-
-/// Inputs that still break a target. Run with `NWS_FUZZ_STRICT=1` (the
-/// engine findings only show in strict mode) and `--ignored`.
-#[test]
-#[ignore = "bug: engine::Stream::handle_message goes on after a bogus ack aborted the stream (PeerFinished/Deliver after Aborted); names::encode_nostr_domain drops a relay path's trailing slash; see fuzz/README.md"]
-fn open_findings_pass() {
-    std::env::set_var("NWS_FUZZ_STRICT", "1");
-    for target in TARGETS {
-        replay_dir(&fuzz_dir().join("regressions/open").join(target), target);
     }
 }

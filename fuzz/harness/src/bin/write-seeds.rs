@@ -13,11 +13,11 @@ fn main() {
         std::fs::write(dir.join(&name), &bytes).expect("write seed");
         println!("{target}/{name} ({} bytes)", bytes.len());
     }
-    let open = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../regressions/open");
-    for (target, name, bytes) in nws_fuzz_harness::seeds::open_findings() {
-        let dir = open.join(target);
+    let fixed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../regressions");
+    for (target, name, bytes) in nws_fuzz_harness::seeds::fixed_findings() {
+        let dir = fixed.join(target);
         std::fs::create_dir_all(&dir).expect("create regressions dir");
         std::fs::write(dir.join(&name), &bytes).expect("write finding");
-        println!("regressions/open/{target}/{name} ({} bytes)", bytes.len());
+        println!("regressions/{target}/{name} ({} bytes)", bytes.len());
     }
 }
