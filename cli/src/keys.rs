@@ -13,8 +13,22 @@ pub fn parse_secret(s: &str) -> Result<Keys, String> {
         .map_err(|_| "the secret key is neither 64 hex characters nor an nsec".to_string())
 }
 
-/// Reads a key file.
+/// Reads a key file. Warns (log) when other users may read it.
 pub fn load_key_file(path: &Path) -> Result<Keys, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                log::warn!(
+                    "key file {} has mode {mode:o}: other users may read the secret key; run chmod 600 {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
     parse_secret(&text).map_err(|e| format!("key file {}: {e}", path.display()))

@@ -80,6 +80,11 @@ pub struct FaultConfig {
     /// HTTP `GET` with `Accept: application/nostr+json`; `None` serves a
     /// document without limits.
     pub nip11_max_message_length: Option<usize>,
+    /// Subscriptions are widened to their `kinds` alone (authors, tags and
+    /// ids are dropped from every `REQ` filter): the client gets every
+    /// event of those kinds, from anyone to anyone, as from a relay that
+    /// ignores filters.
+    pub ignore_filters: bool,
     /// RNG seed.
     pub seed: u64,
 }
@@ -92,6 +97,7 @@ impl Default for FaultConfig {
             max_event_bytes: None,
             silent_size_drops: false,
             nip11_max_message_length: None,
+            ignore_filters: false,
             seed: 0,
         }
     }
@@ -355,12 +361,17 @@ enum Verdict {
     Drop,
     /// Swallow it and send this text frame back to the sender (publish only).
     Reply(String),
+    /// Pass this text on instead (publish only).
+    Rewrite(String),
 }
 
 impl Shared {
     /// Applies the fault configuration to a text frame travelling in `dir`.
     fn judge(&self, dir: Direction, text: &str) -> Verdict {
         if !is_event_message(text) {
+            if matches!(dir, Direction::Publish) && lock(&self.faults).config.ignore_filters {
+                return widen_req(text).map_or(Verdict::Forward, Verdict::Rewrite);
+            }
             return Verdict::Forward;
         }
         let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) else {
@@ -507,6 +518,23 @@ async fn handle_connection(mut stream: TcpStream, shared: Arc<Shared>) {
     proxy(client, upstream, &shared).await;
 }
 
+/// A `REQ` with every filter cut down to its `kinds` (and `since`), or
+/// `None` for any other message.
+fn widen_req(text: &str) -> Option<String> {
+    let Ok(Value::Array(mut items)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    if items.first().and_then(Value::as_str) != Some("REQ") {
+        return None;
+    }
+    for filter in items.iter_mut().skip(2) {
+        if let Value::Object(f) = filter {
+            f.retain(|k, _| k == "kinds" || k == "since");
+        }
+    }
+    Some(Value::Array(items).to_string())
+}
+
 /// The client's request head (up to the blank line), without consuming it.
 async fn peek_head(stream: &TcpStream) -> Option<String> {
     let mut buf = vec![0u8; 8192];
@@ -583,6 +611,11 @@ where
                     Verdict::Drop => {}
                     Verdict::Reply(reply) => {
                         if to_client.send(Message::text(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Verdict::Rewrite(text) => {
+                        if upstream_tx.send(Message::text(text)).await.is_err() {
                             return;
                         }
                     }

@@ -1047,6 +1047,71 @@ async fn a_peer_that_never_acknowledges_is_given_one_window_then_dropped() {
     net.assert_still_serving().await;
 }
 
+/// A relay that ignores filters hands every client every stream event, from
+/// anyone to anyone. Two entries download through one exit at the same
+/// time: each gets exactly its own bytes, and each saw (and dropped) the
+/// other's traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_ignores_filters_leaks_nothing_into_a_stream() {
+    use nws_tests::faulty::{FaultConfig, FaultyRelay};
+    let backend = HttpBackend::start().await;
+    let relay = NwsProcess::spawn(&["relay", "--listen", "127.0.0.1:0"]).await;
+    let faulty = FaultyRelay::start(
+        relay.value("relay"),
+        FaultConfig {
+            ignore_filters: true,
+            ..FaultConfig::default()
+        },
+    )
+    .await;
+    let url = faulty.url();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("exit.key");
+    let exit = NwsProcess::spawn(&[
+        "exit",
+        "--relay",
+        &url,
+        "--key-file",
+        key.to_str().unwrap(),
+        "--backend",
+        &backend.host_port(),
+    ])
+    .await;
+    let entry = |url: String| async move {
+        NwsProcess::spawn(&[
+            "entry",
+            "--no-auth",
+            "--relay",
+            &url,
+            "--socks",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+        ])
+        .await
+    };
+    let (a, b) = (entry(url.clone()).await, entry(url.clone()).await);
+    let page = format!("http://{}/1m", exit.value("domain"));
+    let args_a = ["--socks5-hostname", a.value("socks5"), &page];
+    let args_b = ["--socks5-hostname", b.value("socks5"), &page];
+    let (out_a, out_b) = tokio::join!(curl(&args_a), curl(&args_b));
+    for (name, out) in [("a", &out_a), ("b", &out_b)] {
+        assert_eq!(out.status, 0, "{name}: {out:?}");
+        assert_eq!(sha256_hex(&out.stdout), backend.sha256("1m"), "{name}");
+    }
+    for (name, p) in [("a", &a), ("b", &b)] {
+        assert!(
+            p.stderr().contains("for unknown recipient"),
+            "entry {name} never saw foreign traffic (filters not ignored?):\n{}",
+            tail(&p.stderr(), 2000)
+        );
+    }
+    assert!(
+        exit.stderr().contains("for unknown recipient"),
+        "the exit never saw foreign traffic"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Resource limits
 // ---------------------------------------------------------------------------

@@ -629,6 +629,34 @@ fn key_files_are_created_0600_even_with_a_permissive_umask() {
 
 /// A symlink planted where a key file is to be created is not followed:
 /// the command fails and no key lands at the link's target.
+/// A key file other users may read is still used, with a warning that
+/// says how to fix it; a private one gets no warning.
+#[test]
+fn a_key_file_readable_by_others_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    let p = path.to_str().unwrap();
+    let (code, _, _) = run(&["keygen", "--out", p], &[]);
+    assert_eq!(code, 0);
+    let args = [
+        "domain",
+        "encode",
+        "--key-file",
+        p,
+        "--relay",
+        "ws://127.0.0.1:7777",
+    ];
+    let (code, _, err) = run(&args, &[]);
+    assert_eq!(code, 0);
+    assert!(!err.contains("other users may read"), "{err}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = run(&args, &[]);
+    assert_eq!(code, 0, "still used");
+    assert!(out.contains(".nostr"), "{out}");
+    assert!(err.contains("has mode 644"), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
 #[test]
 fn key_file_creation_does_not_follow_a_planted_symlink() {
     let dir = tempfile::tempdir().unwrap();
