@@ -72,7 +72,6 @@ impl Path {
         .await;
         let mut args = vec![
             "entry",
-            "--no-auth",
             "--relay",
             &url,
             "--socks",
@@ -80,6 +79,10 @@ impl Path {
             "--http",
             "127.0.0.1:0",
         ];
+        if !entry_args.contains(&"--auth") {
+            // An open proxy, so that curl needs no credentials.
+            args.push("--no-auth");
+        }
         args.extend_from_slice(entry_args);
         let entry = NwsProcess::spawn(&args).await;
         Path {

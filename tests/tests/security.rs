@@ -410,7 +410,7 @@ async fn routed_names_never_reach_the_system_resolver() {
 
     let nws = nws_bin();
     let mut cmd = jail(&format!(
-        "{} entry --relay {} --socks 127.0.0.1:0 --http 127.0.0.1:0",
+        "{} entry --no-auth --relay {} --socks 127.0.0.1:0 --http 127.0.0.1:0",
         nws.display(),
         svc.relay_url()
     ));
