@@ -176,6 +176,13 @@ impl From<OpenError> for NwsError {
             OpenError::Transport(t) => t.into(),
             OpenError::Refused(reason) => Self::exit_refused(&reason),
             OpenError::Timeout(t) => Self::timeout(t),
+            OpenError::NoPublicExit(t) => {
+                let detail = format!("{}", OpenError::NoPublicExit(t));
+                Self::Timeout {
+                    timeout_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+                    detail,
+                }
+            }
         }
     }
 }
