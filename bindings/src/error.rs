@@ -25,7 +25,8 @@ pub enum NwsError {
         /// What is wrong with it.
         detail: String,
     },
-    /// `host` is not an NWS name, and public exits are not available yet, so
+    /// `host` is not an NWS name, and neither public exits nor a pinned exit
+    /// are configured (`ProxyConfig.public_exits`, `ProxyConfig.exit`), so
     /// nothing can route it.
     #[error("{detail}")]
     NotNwsName {
