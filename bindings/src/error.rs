@@ -25,7 +25,8 @@ pub enum NwsError {
         /// What is wrong with it.
         detail: String,
     },
-    /// `host` is not an NWS name, and public exits are not available yet, so
+    /// `host` is not an NWS name, and neither public exits nor a pinned exit
+    /// are configured (`ProxyConfig.public_exits`, `ProxyConfig.exit`), so
     /// nothing can route it.
     #[error("{detail}")]
     NotNwsName {
@@ -176,6 +177,13 @@ impl From<OpenError> for NwsError {
             OpenError::Transport(t) => t.into(),
             OpenError::Refused(reason) => Self::exit_refused(&reason),
             OpenError::Timeout(t) => Self::timeout(t),
+            OpenError::NoPublicExit(t) => {
+                let detail = format!("{}", OpenError::NoPublicExit(t));
+                Self::Timeout {
+                    timeout_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+                    detail,
+                }
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   [`ProxyListener`] for state changes and log lines;
 //! * [`resolve`]: an NWS name to the exit's public key and relays, offline;
 //! * [`open_stream`]: an [`NwsStream`] to read and write bytes without a proxy;
+//! * [`fetch_certificate`]: an exit's HTTPS front certificate (PEM), to pin;
 //! * [`NwsError`]: every error, typed; a panic is caught and returned as
 //!   [`NwsError::Internal`], never unwound into foreign code;
 //! * [`set_log_level`] and [`version`].
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod cert;
 mod error;
 mod listener;
 mod names;
@@ -27,6 +29,7 @@ mod proxy;
 mod runtime;
 mod stream;
 
+pub use cert::fetch_certificate;
 pub use error::NwsError;
 pub use listener::{LogLevel, ProxyListener};
 pub use names::{resolve, ResolvedName};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nostr::{PublicKey, RelayUrl};
 use nws_core::entry::{Credentials, Entry, EntryConfig, EntryProxy};
+use nws_core::names::{parse_host, ExitAddress};
 
 use crate::error::NwsError;
 use crate::listener::{notify_state, set_log_listener, ProxyListener};
@@ -64,6 +65,17 @@ pub struct ProxyConfig {
     /// implementation (`npub1…` or hex public keys). Default empty.
     #[uniffi(default = [])]
     pub legacy_exits: Vec<String>,
+    /// Send hosts that are not NWS names (`example.org`) through public
+    /// exits discovered on `relays` (their kind-38333 announcements), the
+    /// name unresolved on the device. Default `false`: such hosts are
+    /// refused.
+    #[uniffi(default = false)]
+    pub public_exits: bool,
+    /// Send hosts that are not NWS names through this one exit instead
+    /// (`npub1…` or `nprofile1…`; an nprofile's relays are used). Wins over
+    /// `public_exits`. Default none.
+    #[uniffi(default = None)]
+    pub exit: Option<String>,
 }
 
 impl ProxyConfig {
@@ -81,6 +93,8 @@ impl ProxyConfig {
             credentials: None,
             connect_timeout_ms: 10_000,
             legacy_exits: Vec::new(),
+            public_exits: false,
+            exit: None,
         }
     }
 }
@@ -171,6 +185,8 @@ struct Settings {
     credentials: Option<Credentials>,
     connect_timeout: Duration,
     legacy_exits: Vec<PublicKey>,
+    public_exits: bool,
+    exit: Option<ExitAddress>,
 }
 
 impl Settings {
@@ -222,6 +238,17 @@ impl Settings {
                     .map_err(|e| NwsError::invalid(format!("legacy exit `{k}`: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let exit = match &c.exit {
+            None => None,
+            Some(name) => match parse_host(name) {
+                Ok(Some(exit)) if !name.to_ascii_lowercase().ends_with(".nostr") => Some(exit),
+                _ => {
+                    return Err(NwsError::invalid(format!(
+                        "exit `{name}` is not an npub or nprofile"
+                    )))
+                }
+            },
+        };
         Ok(Self {
             relays,
             host,
@@ -231,6 +258,8 @@ impl Settings {
             credentials,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             legacy_exits,
+            public_exits: c.public_exits,
+            exit,
         })
     }
 
@@ -466,6 +495,8 @@ impl NwsProxy {
         config.credentials = credentials.clone();
         config.connect_timeout = s.connect_timeout;
         config.legacy_exits = s.legacy_exits.clone();
+        config.public_exits = s.public_exits;
+        config.exit = s.exit.clone();
         let proxy = match EntryProxy::start(config).await {
             Ok(p) => p,
             Err(e) => {

@@ -4,8 +4,9 @@
 //!
 //! Settings come from flags, from the reference implementation's environment
 //! variables where they exist (`NOSTR_RELAYS` separated by `;`,
-//! `NOSTR_PRIVATE_KEY`, `BACKEND_HOST`), and from a `.env` file in the
-//! working directory.
+//! `NOSTR_PRIVATE_KEY`, `BACKEND_HOST`, `PUBLIC`, `HTTPS_PORT`,
+//! `HTTPS_TARGET`, `PUBLIC_ADDRESS`), and from a `.env` file in the working
+//! directory.
 
 mod demo;
 mod keys;
@@ -18,8 +19,9 @@ use clap::{Args, Parser, Subcommand};
 use nostr::nips::nip19::ToBech32;
 use nostr::{PublicKey, RelayUrl};
 use nws_core::entry::{Credentials, EntryConfig, EntryProxy};
-use nws_core::exit::{ExitConfig, ExitNode};
+use nws_core::exit::{ExitConfig, ExitNode, HttpsFront};
 use nws_core::names::{decode_nostr_domain, encode_nostr_domain, parse_host};
+use nws_core::policy::{EgressPolicy, IpNet};
 use nws_core::relay::EmbeddedRelay;
 
 #[derive(Parser)]
@@ -50,10 +52,23 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7777")]
         listen: SocketAddr,
     },
-    /// Run an exit node in front of one backend (private service).
+    /// Run an exit node: in front of one backend (private service), as a
+    /// public exit, and/or with an HTTPS front.
     Exit(ExitArgs),
     /// Run an entry proxy (SOCKS5 and HTTP) on loopback.
     Entry(EntryArgs),
+    /// Print an exit's HTTPS front certificate (PEM), fetched from its
+    /// kind-38334 event and checked against the exit's key.
+    Cert {
+        /// The exit: `.nostr` domain, npub or nprofile.
+        name: String,
+        /// Relay URL for a name without relays (repeatable; or NOSTR_RELAYS).
+        #[command(flatten)]
+        relays: RelayArgs,
+        /// Seconds to wait for the relays.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Run relay, exit, a small web backend and an entry on loopback, and
     /// fetch a page through them.
     Demo(demo::DemoArgs),
@@ -98,9 +113,33 @@ struct ExitArgs {
     /// The exit's secret key (hex or nsec) instead of a key file.
     #[arg(long, env = "NOSTR_PRIVATE_KEY", hide_env_values = true)]
     private_key: Option<String>,
-    /// The backend every stream is dialled to, `host:port`.
+    /// The backend, `host:port`: every stream of a private-service exit;
+    /// streams to the exit's own names on a public exit.
     #[arg(long, env = "BACKEND_HOST")]
-    backend: String,
+    backend: Option<String>,
+    /// Public exit: dial the hosts entries name (resolved here, checked
+    /// against the egress policy) and announce the exit every 10 s (kind 38333).
+    #[arg(long, env = "PUBLIC", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    public: bool,
+    /// Allow this network (CIDR) although it is refused by default, e.g.
+    /// 127.0.0.1/32 (repeatable).
+    #[arg(long = "allow-net")]
+    allow_nets: Vec<IpNet>,
+    /// Refuse this network (CIDR) too (repeatable; wins over --allow-net).
+    #[arg(long = "deny-net")]
+    deny_nets: Vec<IpNet>,
+    /// Allow only these destination ports (repeatable; default: every port).
+    #[arg(long = "allow-port")]
+    allow_ports: Vec<u16>,
+    /// HTTPS front: streams to this port of the exit's `.nostr` names (all
+    /// streams, without --backend) get TLS terminated here with the exit's
+    /// certificate (published as kind 38334).
+    #[arg(long, env = "HTTPS_PORT", requires = "https_target")]
+    https_port: Option<u16>,
+    /// Where the HTTPS front sends the decrypted bytes, `host:port`
+    /// (`http://host:port` accepted).
+    #[arg(long, env = "HTTPS_TARGET", requires = "https_port")]
+    https_target: Option<String>,
     /// Most streams open at once.
     #[arg(long, default_value_t = 256)]
     max_streams: usize,
@@ -158,6 +197,17 @@ struct EntryArgs {
     /// stream instead of a fresh key per stream; for exits with --allow-entry.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// Send hosts that are not NWS names through public exits discovered
+    /// on the relays (kind-38333 announcements), names unresolved.
+    #[arg(long)]
+    public_exits: bool,
+    /// Send hosts that are not NWS names through this exit (npub or nprofile).
+    #[arg(long)]
+    exit: Option<String>,
+    /// Reverse connect: listen on HOST:PORT and have exits connect there
+    /// (CONNECTR); the stream's bytes then travel over plain TCP, not Nostr.
+    #[arg(long, env = "PUBLIC_ADDRESS")]
+    public_address: Option<SocketAddr>,
 }
 
 fn main() {
@@ -235,6 +285,24 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Exit(args) => run_exit(args).await,
         Command::Entry(args) => run_entry(args).await,
+        Command::Cert {
+            name,
+            relays,
+            timeout,
+        } => {
+            let pem = nws_core::tls::fetch_certificate(
+                &name,
+                &relays.relays,
+                Duration::from_secs(timeout),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            print!("{pem}");
+            if !pem.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
         Command::Demo(args) => demo::run(args).await,
     }
 }
@@ -248,7 +316,24 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     if args.relays.relays.is_empty() {
         return Err("give at least one --relay (or NOSTR_RELAYS)".into());
     }
-    let mut config = ExitConfig::new(args.relays.relays, keys, args.backend);
+    if args.backend.is_none() && !args.public && args.https_port.is_none() {
+        return Err("give --backend, --public or --https-port (with --https-target)".into());
+    }
+    let mut config = ExitConfig::new(args.relays.relays, keys, args.backend.unwrap_or_default());
+    config.public = args.public;
+    config.egress = EgressPolicy {
+        allow_nets: args.allow_nets,
+        deny_nets: args.deny_nets,
+        allow_ports: args.allow_ports,
+    };
+    if let (Some(port), Some(target)) = (args.https_port, args.https_target) {
+        let target = target
+            .strip_prefix("http://")
+            .unwrap_or(&target)
+            .trim_end_matches('/')
+            .to_string();
+        config.https = Some(HttpsFront { port, target });
+    }
     config.max_streams = args.max_streams;
     config.legacy = args.legacy;
     config.max_streams_per_entry = args.max_streams_per_entry;
@@ -264,6 +349,12 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     }
     let exit = ExitNode::start(config).await.map_err(|e| e.to_string())?;
     print_exit_names(&exit);
+    if args.public {
+        println!("public: announced every 10 s");
+    }
+    if let Some(port) = args.https_port {
+        println!("https-port: {port}");
+    }
     println!("ready");
     shutdown_signal().await;
     exit.stop().await;
@@ -320,6 +411,14 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
         println!("entry-npub: {}", npub(&keys.public_key()));
         config.keys = Some(keys);
     }
+    config.public_exits = args.public_exits;
+    if let Some(name) = &args.exit {
+        let exit = parse_host(name)
+            .map_err(|e| format!("bad --exit `{name}`: {e}"))?
+            .ok_or_else(|| format!("--exit takes an npub or nprofile, not `{name}`"))?;
+        config.exit = Some(exit);
+    }
+    config.public_address = args.public_address;
     for k in &args.legacy_exits {
         config
             .legacy_exits
@@ -344,6 +443,9 @@ fn print_entry_addrs(proxy: &EntryProxy) {
     }
     if let Some(a) = proxy.http_addr() {
         println!("http: {a}");
+    }
+    if let Some(a) = proxy.public_addr() {
+        println!("public-address: {a}");
     }
 }
 

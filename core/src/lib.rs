@@ -7,6 +7,7 @@
 //! message [`protocol`] codec, and the relay [`transport`]; [`exit`] is the
 //! other end, and [`relay`] an embedded relay for local use and tests.
 
+pub mod discovery;
 pub mod driver;
 pub mod engine;
 pub mod entry;

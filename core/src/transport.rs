@@ -19,7 +19,7 @@ use std::time::Duration;
 use nostr::{Event, EventId, Filter, PublicKey, RelayUrl, SubscriptionId};
 use nostr_sdk::prelude::{
     ClientMessage, RelayMessage, RelayOptions, RelayPool, RelayPoolNotification, RelayPoolOptions,
-    SubscribeOptions,
+    ReqExitPolicy, SubscribeOptions,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -80,6 +80,8 @@ type OkSender = mpsc::UnboundedSender<(RelayUrl, bool, String)>;
 
 struct Routes {
     streams: HashMap<PublicKey, mpsc::Sender<Event>>,
+    /// Non-stream kinds (exit announcements, say) and where they go.
+    kinds: HashMap<u16, mpsc::UnboundedSender<Event>>,
     pending_ok: HashMap<EventId, OkSender>,
     seen: HashSet<EventId>,
     seen_order: VecDeque<EventId>,
@@ -141,6 +143,7 @@ impl Transport {
             pool,
             routes: Mutex::new(Routes {
                 streams: HashMap::new(),
+                kinds: HashMap::new(),
                 pending_ok: HashMap::new(),
                 seen: HashSet::new(),
                 seen_order: VecDeque::new(),
@@ -268,6 +271,49 @@ impl Transport {
         let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
         lock(&self.inner.routes).streams.insert(recipient, tx);
         rx
+    }
+
+    /// Routes every event of `kind` (other than the stream kind 28333) into
+    /// the returned channel, replacing any earlier route for that kind.
+    /// Events are de-duplicated by id but not checked against the replay
+    /// window: the receiver judges freshness itself (kind 38333
+    /// announcements carry a NIP-40 `expiration`).
+    pub fn route_kind(&self, kind: u16) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.routes).kinds.insert(kind, tx);
+        rx
+    }
+
+    /// Fetches stored events matching `filter` from `relays` (connecting to
+    /// them first), waiting at most `timeout` for every relay's
+    /// end-of-stored-events (NIP-01 `EOSE`). Signatures are verified by the
+    /// pool. Returns the events, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::NoRelays`], [`TransportError::NoRelayReachable`]
+    /// if none connects within `timeout`, [`TransportError::Pool`].
+    pub async fn fetch(
+        &self,
+        filter: Filter,
+        relays: &[RelayUrl],
+        timeout: Duration,
+    ) -> Result<Vec<Event>, TransportError> {
+        self.ensure_connected(relays, timeout).await?;
+        let events = self
+            .inner
+            .pool
+            .fetch_events_from(
+                relays.iter().cloned(),
+                filter,
+                timeout,
+                ReqExitPolicy::ExitOnEOSE,
+            )
+            .await
+            .map_err(|e| TransportError::Pool(e.to_string()))?;
+        let mut events: Vec<Event> = events.into_iter().collect();
+        events.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+        Ok(events)
     }
 
     /// Removes the route for `recipient`.
@@ -452,7 +498,18 @@ async fn run_router(
         let Some(inner) = inner.upgrade() else { return };
         match n {
             RelayPoolNotification::Event { event, .. } => {
-                if event.kind.as_u16() != KIND_STREAM {
+                let kind = event.kind.as_u16();
+                if kind != KIND_STREAM {
+                    let mut routes = lock(&inner.routes);
+                    if routes.kinds.contains_key(&kind) && routes.first_sight(event.id) {
+                        let gone = routes
+                            .kinds
+                            .get(&kind)
+                            .is_some_and(|tx| tx.send(*event).is_err());
+                        if gone {
+                            routes.kinds.remove(&kind);
+                        }
+                    }
                     continue;
                 }
                 let Some(to) = recipient(&event) else {

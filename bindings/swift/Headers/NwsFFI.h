@@ -388,6 +388,11 @@ RustBuffer uniffi_nws_fn_func_version(RustCallStatus *_Nonnull out_status
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_FUNC_FETCH_CERTIFICATE
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_FUNC_FETCH_CERTIFICATE
+uint64_t uniffi_nws_fn_func_fetch_certificate(RustBuffer name, RustBuffer relays
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_FUNC_RESOLVE
 #define UNIFFI_FFIDEF_UNIFFI_NWS_FN_FUNC_RESOLVE
 RustBuffer uniffi_nws_fn_func_resolve(RustBuffer name, RustCallStatus *_Nonnull out_status
@@ -667,6 +672,12 @@ uint16_t uniffi_nws_checksum_func_set_log_level(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_VERSION
 #define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_VERSION
 uint16_t uniffi_nws_checksum_func_version(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_FETCH_CERTIFICATE
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_FETCH_CERTIFICATE
+uint16_t uniffi_nws_checksum_func_fetch_certificate(void
     
 );
 #endif

@@ -2,11 +2,14 @@
 //! TCP connection into an NWS stream to the exit its host names.
 //!
 //! [`Entry`] opens streams (routing a `.nostr`, `npub1…` or `nprofile1…`
-//! host to that exit, never asking the system resolver); [`EntryProxy`]
+//! host to that exit, never asking the system resolver; any other host,
+//! when enabled, to a public exit, discovered or pinned, with the name left
+//! for the exit to resolve); [`EntryProxy`]
 //! listens on loopback and serves SOCKS5 ([`socks5`]) and HTTP proxy
 //! ([`http`]) clients with it.
 
 pub mod http;
+mod reverse;
 pub mod socks5;
 
 use std::collections::{HashMap, HashSet};
@@ -16,15 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nostr::{Keys, PublicKey, RelayUrl, SubscriptionId};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::discovery::Directory;
 use crate::driver::{pump, wait_open, Conn, End, Inbox, Link, OpenSlot, Stats};
 use crate::engine::{Dialect, Output, Stream, StreamConfig};
-use crate::names::{encode_nostr_domain, parse_host, NameError};
-use crate::protocol::{build_stream_event, Cipher, ErrorReason, Message};
+use crate::names::{encode_nostr_domain, parse_host, ExitAddress, NameError};
+use crate::protocol::{build_stream_event, Cipher, ErrorReason, Message, MessageType};
 use crate::transport::{entry_stream_filter, Transport, TransportError};
 
 pub use socks5::Credentials;
@@ -63,6 +67,19 @@ pub struct EntryConfig {
     pub keys: Option<Keys>,
     /// Per-stream limits.
     pub stream: StreamConfig,
+    /// Send hosts that are not NWS names through public exits discovered
+    /// from their kind-38333 announcements on `relays`.
+    pub public_exits: bool,
+    /// Send hosts that are not NWS names through this exit (a public exit
+    /// named by npub or nprofile; its relays, else `relays`). Wins over
+    /// `public_exits`.
+    pub exit: Option<ExitAddress>,
+    /// Reverse connect (`CONNECTR`): listen on this address, put it in
+    /// every stream's `entryPublicAddress`, and take the stream's bytes
+    /// over the plain TCP connection the exit makes to it (no Nostr, no
+    /// encryption). Bound by [`EntryProxy::start`] or
+    /// [`Entry::listen_public`].
+    pub public_address: Option<SocketAddr>,
 }
 
 impl EntryConfig {
@@ -82,6 +99,9 @@ impl EntryConfig {
             max_connections: 512,
             keys: None,
             stream: StreamConfig::default(),
+            public_exits: false,
+            exit: None,
+            public_address: None,
         }
     }
 }
@@ -111,6 +131,9 @@ pub enum OpenError {
     /// The exit did not answer in time.
     #[error("the exit did not answer within {0:?}")]
     Timeout(Duration),
+    /// Public exits are enabled but none has announced itself recently.
+    #[error("no public exit announced within {0:?}")]
+    NoPublicExit(Duration),
 }
 
 impl OpenError {
@@ -120,7 +143,7 @@ impl OpenError {
         match self {
             Self::BadName { .. } => R::HostUnreachable,
             Self::NotNws(_) => R::ConnectionNotAllowed,
-            Self::Transport(_) => R::NetworkUnreachable,
+            Self::Transport(_) | Self::NoPublicExit(_) => R::NetworkUnreachable,
             Self::Timeout(_) => R::HostUnreachable,
             Self::Refused(reason) => match reason {
                 ErrorReason::ConnectionRefused => R::ConnectionRefused,
@@ -133,11 +156,12 @@ impl OpenError {
         }
     }
 
-    /// The HTTP status for this error: 403 for a host that is not routed,
-    /// 504 when the exit did not answer, 502 otherwise.
+    /// The HTTP status for this error: 403 for a host that is not routed
+    /// or that the exit is not allowed to reach, 504 when the exit did not
+    /// answer, 502 otherwise (including failure to connect).
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::NotNws(_) => 403,
+            Self::NotNws(_) | Self::Refused(ErrorReason::NotAllowed) => 403,
             Self::Timeout(_) => 504,
             _ => 502,
         }
@@ -156,6 +180,12 @@ pub struct Entry {
     /// Exits that answered a version-2 `CONNECT` (bounded): streams to them
     /// send their first bytes inside the `CONNECT` (0-RTT).
     v2_exits: Arc<Mutex<HashSet<PublicKey>>>,
+    /// With public exits: the exits announced recently.
+    directory: Option<Arc<Directory>>,
+    /// With a public address: the listener for the exits' reverse connections.
+    reverse: Arc<std::sync::OnceLock<Arc<reverse::Reverse>>>,
+    /// Stops the background tasks on shutdown.
+    cancel: CancellationToken,
 }
 
 /// Most exits remembered as speaking version 2; the set starts over when full.
@@ -171,6 +201,9 @@ impl Entry {
             .keys
             .clone()
             .map(|keys| Demux::start(&transport, keys));
+        let cancel = CancellationToken::new();
+        let directory = (config.public_exits && config.exit.is_none())
+            .then(|| Directory::start(&transport, config.relays.clone(), cancel.clone()));
         Ok(Self {
             config: Arc::new(config),
             transport,
@@ -178,7 +211,42 @@ impl Entry {
             subscriptions: Arc::default(),
             demux,
             v2_exits: Arc::default(),
+            directory,
+            reverse: Arc::default(),
+            cancel,
         })
+    }
+
+    /// Listens on `addr` for the exits' reverse connections (`CONNECTR`);
+    /// from then on every stream is opened with `CONNECTR` and
+    /// `entryPublicAddress` = the bound address. Returns that address.
+    ///
+    /// # Errors
+    ///
+    /// [`EntryError::Bind`] if the address cannot be bound, or if a public
+    /// address is already set.
+    pub async fn listen_public(&self, addr: SocketAddr) -> Result<SocketAddr, EntryError> {
+        let rev = reverse::Reverse::bind(addr, self.config.handshake_timeout, self.cancel.clone())
+            .await
+            .map_err(|source| EntryError::Bind { addr, source })?;
+        let local = rev.addr();
+        self.reverse.set(rev).map_err(|_| EntryError::Bind {
+            addr,
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a public address is already set",
+            ),
+        })?;
+        Ok(local)
+    }
+
+    /// The exits announced recently (with public exits enabled), in the
+    /// order the next stream would try them.
+    pub fn public_exits(&self) -> Vec<PublicKey> {
+        self.directory
+            .as_ref()
+            .map(|d| d.candidates())
+            .unwrap_or_default()
     }
 
     /// Counters of this entry's streams.
@@ -196,11 +264,21 @@ impl Entry {
         self.transport.event_counts()
     }
 
-    /// Opens a stream to `host:port`, where `host` is an NWS name.
+    /// Opens a stream to `host:port`.
     ///
-    /// Generates a fresh ephemeral key for the stream, subscribes for the
-    /// exit's answers, publishes `CONNECT` and (version 2) waits for
-    /// `CONNECTED` or `ERROR`. The name is decoded locally: no DNS query.
+    /// An NWS name (`.nostr`, npub, nprofile) is decoded locally and names
+    /// the exit. Any other host goes, unresolved, to the pinned exit
+    /// (`exit`) or to a public exit from the directory (`public_exits`;
+    /// waits up to `connect_timeout` for a first announcement, and tries the
+    /// next exit, up to three, when one cannot be reached or is full);
+    /// without either it is refused ([`OpenError::NotNws`]). No DNS query
+    /// is made here.
+    ///
+    /// Generates a fresh ephemeral key for the stream (unless the entry has
+    /// a persistent key), subscribes for the exit's answers, publishes
+    /// `CONNECT` and (version 2) waits for `CONNECTED` or `ERROR`. With a
+    /// public address, sends `CONNECTR` and waits for the exit's TCP
+    /// connection instead.
     pub async fn open(&self, host: &str, port: u16) -> Result<NwsStream, OpenError> {
         self.open_early(host, port, &[]).await.map(|(s, _)| s)
     }
@@ -217,17 +295,76 @@ impl Entry {
         port: u16,
         early: &[u8],
     ) -> Result<(NwsStream, usize), OpenError> {
-        let exit = match parse_host(host) {
-            Ok(Some(exit)) => exit,
-            Ok(None) => return Err(OpenError::NotNws(host.to_string())),
+        let bad_name = |source| OpenError::BadName {
+            host: host.to_string(),
+            source,
+        };
+        match parse_host(host) {
+            Ok(Some(exit)) => {
+                // The reference exit routes only `.nostr` destinations to its backend.
+                let label = encode_nostr_domain(&exit.public_key, &[]).map_err(bad_name)?;
+                self.open_via(&exit, format!("{label}:{port}"), early).await
+            }
+            Ok(None) => self.open_public(host, port, early).await,
             Err(source) => {
                 log::warn!("cannot route `{host}`: {source}");
-                return Err(OpenError::BadName {
-                    host: host.to_string(),
-                    source,
-                });
+                Err(bad_name(source))
             }
+        }
+    }
+
+    /// Opens a stream to an ordinary host through a public exit.
+    async fn open_public(
+        &self,
+        host: &str,
+        port: u16,
+        early: &[u8],
+    ) -> Result<(NwsStream, usize), OpenError> {
+        let destination = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
         };
+        if let Some(exit) = &self.config.exit {
+            return self.open_via(exit, destination, early).await;
+        }
+        let Some(directory) = &self.directory else {
+            return Err(OpenError::NotNws(host.to_string()));
+        };
+        let timeout = self.config.connect_timeout;
+        let candidates = directory.wait_candidates(timeout).await;
+        let mut last = OpenError::NoPublicExit(timeout);
+        for exit in candidates.into_iter().take(3) {
+            let address = ExitAddress {
+                public_key: exit,
+                relays: Vec::new(),
+            };
+            match self.open_via(&address, destination.clone(), early).await {
+                Ok(s) => return Ok(s),
+                Err(
+                    e @ (OpenError::Transport(_)
+                    | OpenError::Timeout(_)
+                    | OpenError::Refused(ErrorReason::TooManyStreams)),
+                ) => {
+                    log::info!("public exit {exit} failed ({e}); trying the next one");
+                    directory.mark_failed(exit);
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens a stream through `exit` with `destination` in its `CONNECT`,
+    /// `early` bytes inside it when the exit is known to speak version 2;
+    /// returns the stream and how many of `early` it sent.
+    async fn open_via(
+        &self,
+        exit: &ExitAddress,
+        destination: String,
+        early: &[u8],
+    ) -> Result<(NwsStream, usize), OpenError> {
         let relays = if exit.relays.is_empty() {
             self.config.relays.clone()
         } else {
@@ -237,6 +374,12 @@ impl Entry {
         self.transport.ensure_connected(&relays, timeout).await?;
 
         let key = uuid::Uuid::new_v4().to_string();
+        if let Some(rev) = self.reverse.get() {
+            let stream = self
+                .open_reverse(rev, exit, relays, key, destination)
+                .await?;
+            return Ok((stream, 0));
+        }
         let pool_err = |e: crate::protocol::CodecError| TransportError::Pool(e.to_string());
         let (keys, cipher, mut inbox, guard): (_, _, _, Box<dyn std::any::Any + Send>) =
             match &self.demux {
@@ -292,12 +435,6 @@ impl Entry {
             } else {
                 Dialect::V2
             };
-        // The reference exit routes only `.nostr` destinations to its backend.
-        let label =
-            encode_nostr_domain(&exit.public_key, &[]).map_err(|source| OpenError::BadName {
-                host: host.to_string(),
-                source,
-            })?;
         let known_v2 = lock(&self.v2_exits).contains(&exit.public_key);
         let early = if dialect == Dialect::V2 && known_v2 {
             early
@@ -307,7 +444,7 @@ impl Entry {
         let (mut engine, taken) = Stream::open_early(
             self.config.stream.clone(),
             key,
-            format!("{label}:{port}"),
+            destination,
             dialect,
             early,
             Instant::now(),
@@ -343,15 +480,63 @@ impl Entry {
                 known.remove(&exit.public_key);
             }
         }
+        self.stats
+            .bytes_sent
+            .fetch_add(taken as u64, Ordering::Relaxed);
         let stream = NwsStream {
-            engine,
-            link,
-            inbox,
-            guard,
-            idle_timeout: self.config.idle_timeout,
+            inner: Inner::Nostr {
+                engine,
+                link,
+                inbox,
+                guard,
+                idle_timeout: self.config.idle_timeout,
+            },
             stats: self.stats.clone(),
         };
         Ok((stream, taken))
+    }
+
+    /// Opens a stream by reverse connect: publishes `CONNECTR` and waits
+    /// for the exit to dial the public address with the stream's key.
+    async fn open_reverse(
+        &self,
+        rev: &reverse::Reverse,
+        exit: &ExitAddress,
+        relays: Vec<RelayUrl>,
+        key: String,
+        destination: String,
+    ) -> Result<NwsStream, OpenError> {
+        let pool_err = |e: crate::protocol::CodecError| TransportError::Pool(e.to_string());
+        let keys = match &self.config.keys {
+            Some(k) => k.clone(),
+            None => Keys::generate(),
+        };
+        let cipher = Cipher::derive(keys.secret_key(), &exit.public_key).map_err(pool_err)?;
+        let link = Link {
+            transport: self.transport.clone(),
+            keys,
+            peer: exit.public_key,
+            cipher,
+            relays,
+        };
+        let mut msg = Message::new(key.clone(), MessageType::ConnectReverse);
+        msg.destination = destination;
+        msg.entry_public_address = rev.addr().to_string();
+        let waiting = rev.expect(&key);
+        link.send(&msg).await?;
+        let timeout = self.config.connect_timeout;
+        let socket = match tokio::time::timeout(timeout, waiting).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                rev.forget(&key);
+                return Err(OpenError::Timeout(timeout));
+            }
+        };
+        log::debug!("stream {key}: reverse connection from the exit");
+        Ok(NwsStream {
+            inner: Inner::Reverse { key, socket },
+            stats: self.stats.clone(),
+        })
     }
 
     async fn publish_legacy_connect(
@@ -381,8 +566,10 @@ impl Entry {
         Ok(())
     }
 
-    /// Disconnects from every relay.
+    /// Stops discovery and the public-address listener, and disconnects
+    /// from every relay.
     pub async fn shutdown(&self) {
+        self.cancel.cancel();
         self.transport.shutdown().await;
     }
 }
@@ -529,23 +716,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// An open NWS stream, ready to be joined to a local socket with
 /// [`NwsStream::run`].
 pub struct NwsStream {
-    engine: Stream,
-    link: Link,
-    inbox: Inbox,
-    guard: Box<dyn std::any::Any + Send>,
-    idle_timeout: Duration,
+    inner: Inner,
     stats: Arc<Stats>,
+}
+
+// One per stream, moved once into `run`: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Inner {
+    /// Bytes travel as Nostr events.
+    Nostr {
+        engine: Stream,
+        link: Link,
+        inbox: Inbox,
+        guard: Box<dyn std::any::Any + Send>,
+        idle_timeout: Duration,
+    },
+    /// `CONNECTR`: bytes travel over the exit's plain TCP connection.
+    Reverse { key: String, socket: TcpStream },
 }
 
 impl NwsStream {
     /// The stream's key (a UUID string).
     pub fn key(&self) -> &str {
-        self.engine.key()
+        match &self.inner {
+            Inner::Nostr { engine, .. } => engine.key(),
+            Inner::Reverse { key, .. } => key,
+        }
     }
 
-    /// Whether the exit speaks version 2 on this stream.
+    /// Whether the exit speaks version 2 on this stream (a reverse
+    /// connection counts as legacy: raw bytes, no stream protocol).
     pub fn dialect(&self) -> Dialect {
-        self.engine.dialect()
+        match &self.inner {
+            Inner::Nostr { engine, .. } => engine.dialect(),
+            Inner::Reverse { .. } => Dialect::Legacy,
+        }
     }
 
     /// Copies bytes both ways between `socket` and the stream until both
@@ -555,14 +760,44 @@ impl NwsStream {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let slot = OpenSlot::new(self.stats);
-        let conn = Conn {
-            engine: self.engine,
-            link: self.link,
-            inbox: self.inbox,
-            keep: self.guard,
+        let slot = OpenSlot::new(self.stats.clone());
+        let (engine, link, inbox, guard, idle_timeout) = match self.inner {
+            Inner::Nostr {
+                engine,
+                link,
+                inbox,
+                guard,
+                idle_timeout,
+            } => (engine, link, inbox, guard, idle_timeout),
+            Inner::Reverse {
+                socket: mut remote, ..
+            } => {
+                let mut socket = socket;
+                let copied = async {
+                    remote.write_all(&first).await?;
+                    tokio::io::copy_bidirectional(&mut socket, &mut remote).await
+                };
+                let result = copied.await;
+                drop(slot);
+                return match result {
+                    Ok((up, down)) => {
+                        self.stats
+                            .bytes_sent
+                            .fetch_add(up + first.len() as u64, Ordering::Relaxed);
+                        self.stats.bytes_received.fetch_add(down, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(_) => Err(ErrorReason::Other("connection-reset".into())),
+                };
+            }
         };
-        let end = pump(conn, socket, first, self.idle_timeout, slot).await;
+        let conn = Conn {
+            engine,
+            link,
+            inbox,
+            keep: guard,
+        };
+        let end = pump(conn, socket, first, idle_timeout, slot).await;
         match end {
             End::Closed => Ok(()),
             End::Aborted(r) => Err(r),
@@ -608,6 +843,12 @@ impl EntryProxy {
     /// is left running.
     pub async fn start(config: EntryConfig) -> Result<Self, EntryError> {
         let entry = Entry::new(config.clone()).await?;
+        if let Some(addr) = config.public_address {
+            if let Err(e) = entry.listen_public(addr).await {
+                entry.shutdown().await;
+                return Err(e);
+            }
+        }
         let cancel = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let listening = Arc::new(AtomicUsize::new(0));
@@ -677,6 +918,11 @@ impl EntryProxy {
     /// Where the HTTP proxy listens.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Where the entry listens for exits' reverse connections (`CONNECTR`).
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.entry.reverse.get().map(|r| r.addr())
     }
 
     /// The entry the proxy uses, for opening streams directly.

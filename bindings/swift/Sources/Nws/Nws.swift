@@ -1567,6 +1567,19 @@ public struct ProxyConfig: Equatable, Hashable {
      * implementation (`npub1…` or hex public keys). Default empty.
      */
     public let legacyExits: [String]
+    /**
+     * Send hosts that are not NWS names (`example.org`) through public
+     * exits discovered on `relays` (their kind-38333 announcements), the
+     * name unresolved on the device. Default `false`: such hosts are
+     * refused.
+     */
+    public let publicExits: Bool
+    /**
+     * Send hosts that are not NWS names through this one exit instead
+     * (`npub1…` or `nprofile1…`; an nprofile's relays are used). Wins over
+     * `public_exits`. Default none.
+     */
+    public let exit: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1610,7 +1623,18 @@ public struct ProxyConfig: Equatable, Hashable {
         /**
          * Exits that speak only the legacy wire format of the reference Go
          * implementation (`npub1…` or hex public keys). Default empty.
-         */legacyExits: [String] = []) {
+         */legacyExits: [String] = [], 
+        /**
+         * Send hosts that are not NWS names (`example.org`) through public
+         * exits discovered on `relays` (their kind-38333 announcements), the
+         * name unresolved on the device. Default `false`: such hosts are
+         * refused.
+         */publicExits: Bool = false, 
+        /**
+         * Send hosts that are not NWS names through this one exit instead
+         * (`npub1…` or `nprofile1…`; an nprofile's relays are used). Wins over
+         * `public_exits`. Default none.
+         */exit: String? = nil) {
         self.relays = relays
         self.listenHost = listenHost
         self.socks = socks
@@ -1621,6 +1645,8 @@ public struct ProxyConfig: Equatable, Hashable {
         self.credentials = credentials
         self.connectTimeoutMs = connectTimeoutMs
         self.legacyExits = legacyExits
+        self.publicExits = publicExits
+        self.exit = exit
     }
 
     
@@ -1648,7 +1674,9 @@ public struct FfiConverterTypeProxyConfig: FfiConverterRustBuffer {
                 requireCredentials: FfiConverterBool.read(from: &buf), 
                 credentials: FfiConverterOptionTypeProxyCredentials.read(from: &buf), 
                 connectTimeoutMs: FfiConverterUInt64.read(from: &buf), 
-                legacyExits: FfiConverterSequenceString.read(from: &buf)
+                legacyExits: FfiConverterSequenceString.read(from: &buf), 
+                publicExits: FfiConverterBool.read(from: &buf), 
+                exit: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -1663,6 +1691,8 @@ public struct FfiConverterTypeProxyConfig: FfiConverterRustBuffer {
         FfiConverterOptionTypeProxyCredentials.write(value.credentials, into: &buf)
         FfiConverterUInt64.write(value.connectTimeoutMs, into: &buf)
         FfiConverterSequenceString.write(value.legacyExits, into: &buf)
+        FfiConverterBool.write(value.publicExits, into: &buf)
+        FfiConverterOptionString.write(value.exit, into: &buf)
     }
 }
 
@@ -2170,7 +2200,8 @@ enum NwsError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          */detail: String
     )
     /**
-     * `host` is not an NWS name, and public exits are not available yet, so
+     * `host` is not an NWS name, and neither public exits nor a pinned exit
+     * are configured (`ProxyConfig.public_exits`, `ProxyConfig.exit`), so
      * nothing can route it.
      */
     case NotNwsName(
@@ -2530,6 +2561,30 @@ fileprivate struct FfiConverterOptionUInt16: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
+    typealias SwiftType = String?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterString.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeProxyListener: FfiConverterRustBuffer {
     typealias SwiftType = ProxyListener?
 
@@ -2693,6 +2748,38 @@ public func version() -> String  {
 })
 }
 /**
+ * Fetches the HTTPS front certificate of the exit named `name` (a `.nostr`
+ * domain, `npub1…` or `nprofile1…`) from its kind-38334 event, checked
+ * against the exit's key (author, `p` tag, signature), and returns it as
+ * PEM (one `-----BEGIN CERTIFICATE-----` block). The certificate's names
+ * are the exit's `.nostr` domains: use it as the only trust anchor for
+ * `https://<domain>.nostr/` through the proxy.
+ *
+ * `relays` (`ws://` or `wss://` URLs) are used for a name that carries
+ * none (an npub); otherwise the name's own relays are. Waits at most 10 s.
+ *
+ * # Errors
+ *
+ * [`NwsError::BadName`] if `name` is not an NWS name;
+ * [`NwsError::InvalidConfig`] for a relay URL that does not parse;
+ * [`NwsError::NoRelayReachable`]; [`NwsError::Relay`] if no certificate
+ * was found or it does not verify.
+ */
+public func fetchCertificate(name: String, relays: [String])async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_nws_fn_func_fetch_certificate(FfiConverterString.lower(name),FfiConverterSequenceString.lower(relays)
+                )
+            },
+            pollFunc: ffi_nws_rust_future_poll_rust_buffer,
+            completeFunc: ffi_nws_rust_future_complete_rust_buffer,
+            freeFunc: ffi_nws_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeNwsError_lift
+        )
+}
+/**
  * Decodes `name` (a `<relay labels>.<pubkey label>.nostr` domain, an
  * `npub1…` or an `nprofile1…`; case-insensitive, one trailing dot allowed)
  * to the exit's public key and relays, without any network access.
@@ -2759,6 +2846,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_func_version() != 57241) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nws_checksum_func_fetch_certificate() != 20770) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_func_resolve() != 16788) {

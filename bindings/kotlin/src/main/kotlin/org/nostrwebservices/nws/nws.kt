@@ -714,6 +714,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_nws_checksum_func_version(
     ): Int
+    external fun uniffi_nws_checksum_func_fetch_certificate(
+    ): Int
     external fun uniffi_nws_checksum_func_resolve(
     ): Int
     external fun uniffi_nws_checksum_func_open_stream(
@@ -817,6 +819,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_nws_fn_func_version(uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_nws_fn_func_fetch_certificate(`name`: RustBuffer.ByValue,`relays`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_nws_fn_func_resolve(`name`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_nws_fn_func_open_stream(`destination`: RustBuffer.ByValue,`relays`: RustBuffer.ByValue,
@@ -944,6 +948,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_func_version() and 0xFFFF) != 57241) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nws_checksum_func_fetch_certificate() and 0xFFFF) != 20770) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_func_resolve() and 0xFFFF) != 16788) {
@@ -2804,6 +2811,21 @@ data class ProxyConfig (
      * implementation (`npub1…` or hex public keys). Default empty.
      */
     val `legacyExits`: List<kotlin.String> = listOf() 
+    , 
+    /**
+     * Send hosts that are not NWS names (`example.org`) through public
+     * exits discovered on `relays` (their kind-38333 announcements), the
+     * name unresolved on the device. Default `false`: such hosts are
+     * refused.
+     */
+    val `publicExits`: kotlin.Boolean = false 
+    , 
+    /**
+     * Send hosts that are not NWS names through this one exit instead
+     * (`npub1…` or `nprofile1…`; an nprofile's relays are used). Wins over
+     * `public_exits`. Default none.
+     */
+    val `exit`: kotlin.String? = null 
     
 ){
     
@@ -2830,6 +2852,8 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterOptionalTypeProxyCredentials.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterSequenceString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -2843,7 +2867,9 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterBoolean.allocationSize(value.`requireCredentials`) +
             FfiConverterOptionalTypeProxyCredentials.allocationSize(value.`credentials`) +
             FfiConverterULong.allocationSize(value.`connectTimeoutMs`) +
-            FfiConverterSequenceString.allocationSize(value.`legacyExits`)
+            FfiConverterSequenceString.allocationSize(value.`legacyExits`) +
+            FfiConverterBoolean.allocationSize(value.`publicExits`) +
+            FfiConverterOptionalString.allocationSize(value.`exit`)
     )
 
     override fun write(value: ProxyConfig, buf: ByteBuffer) {
@@ -2857,6 +2883,8 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterOptionalTypeProxyCredentials.write(value.`credentials`, buf)
             FfiConverterULong.write(value.`connectTimeoutMs`, buf)
             FfiConverterSequenceString.write(value.`legacyExits`, buf)
+            FfiConverterBoolean.write(value.`publicExits`, buf)
+            FfiConverterOptionalString.write(value.`exit`, buf)
     }
 }
 
@@ -3201,7 +3229,8 @@ sealed class NwsException: kotlin.Exception() {
     }
     
     /**
-     * `host` is not an NWS name, and public exits are not available yet, so
+     * `host` is not an NWS name, and neither public exits nor a pinned exit
+     * are configured (`ProxyConfig.public_exits`, `ProxyConfig.exit`), so
      * nothing can route it.
      */
     class NotNwsName(
@@ -3618,6 +3647,38 @@ public object FfiConverterOptionalUShort: FfiConverterRustBuffer<kotlin.UShort?>
 /**
  * @suppress
  */
+public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
+    override fun read(buf: ByteBuffer): kotlin.String? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterString.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.String?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterString.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.String?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeProxyListener: FfiConverterRustBuffer<ProxyListener?> {
     override fun read(buf: ByteBuffer): ProxyListener? {
         if (buf.get().toInt() == 0) {
@@ -3769,6 +3830,41 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
     )
     }
     
+
+        /**
+         * Fetches the HTTPS front certificate of the exit named `name` (a `.nostr`
+         * domain, `npub1…` or `nprofile1…`) from its kind-38334 event, checked
+         * against the exit's key (author, `p` tag, signature), and returns it as
+         * PEM (one `-----BEGIN CERTIFICATE-----` block). The certificate's names
+         * are the exit's `.nostr` domains: use it as the only trust anchor for
+         * `https://<domain>.nostr/` through the proxy.
+         *
+         * `relays` (`ws://` or `wss://` URLs) are used for a name that carries
+         * none (an npub); otherwise the name's own relays are. Waits at most 10 s.
+         *
+         * # Errors
+         *
+         * [`NwsError::BadName`] if `name` is not an NWS name;
+         * [`NwsError::InvalidConfig`] for a relay URL that does not parse;
+         * [`NwsError::NoRelayReachable`]; [`NwsError::Relay`] if no certificate
+         * was found or it does not verify.
+         */
+    @Throws(NwsException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+     suspend fun `fetchCertificate`(`name`: kotlin.String, `relays`: List<kotlin.String>) : kotlin.String {
+        return uniffiRustCallAsync(
+        UniffiLib.uniffi_nws_fn_func_fetch_certificate(
+        FfiConverterString.lower(`name`),
+        FfiConverterSequenceString.lower(`relays`),),
+        { future, callback, continuation -> UniffiLib.ffi_nws_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_nws_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_nws_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        NwsException.ErrorHandler,
+    )
+    }
 
         /**
          * Decodes `name` (a `<relay labels>.<pubkey label>.nostr` domain, an

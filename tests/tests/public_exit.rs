@@ -1,0 +1,229 @@
+//! Public exits, the egress policy, discovery, pinned exits, the HTTPS
+//! front with `nws cert`, and reverse connect (`CONNECTR`). Real `nws`
+//! processes, the embedded relay, curl; every address is on 127.0.0.1.
+
+use nws_tests::process::NwsProcess;
+use nws_tests::{curl, curl_http, free_port, socks_code, HttpBackend, HELLO_BODY};
+
+async fn relay() -> NwsProcess {
+    NwsProcess::spawn(&["relay", "--listen", "127.0.0.1:0"]).await
+}
+
+/// `nws exit --relay URL --key-file DIR/exit.key <extra>`.
+async fn exit(relay: &str, dir: &tempfile::TempDir, extra: &[&str]) -> NwsProcess {
+    let key = dir.path().join("exit.key");
+    let mut args = vec![
+        "exit",
+        "--relay",
+        relay,
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    NwsProcess::spawn(&args).await
+}
+
+/// An entry with SOCKS5 and HTTP on free loopback ports.
+async fn entry(relay: &str, extra: &[&str]) -> NwsProcess {
+    let mut args = vec![
+        "entry",
+        "--no-auth",
+        "--relay",
+        relay,
+        "--socks",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    NwsProcess::spawn(&args).await
+}
+
+/// An ordinary host (the loopback backend, by IP) is fetched through a
+/// public exit the entry discovered from its announcement, over SOCKS5
+/// and the HTTP proxy; the exit allows 127.0.0.1/32 explicitly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_host_through_a_discovered_public_exit() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let _exit = exit(&url, &dir, &["--public", "--allow-net", "127.0.0.1/32"]).await;
+    let entry = entry(&url, &["--public-exits"]).await;
+
+    // The first request waits (bounded) for the announcement to arrive.
+    let out = curl(&[
+        "--socks5-hostname",
+        entry.value("socks5"),
+        &backend.url("/hello"),
+    ])
+    .await;
+    assert_eq!(out.status, 0, "{out:?}\nentry log:\n{}", entry.stderr());
+    assert_eq!(out.stdout, HELLO_BODY);
+
+    let proxy = format!("http://{}", entry.value("http"));
+    let out = curl_http(&["--proxy", &proxy, &backend.url("/hello")]).await;
+    assert_eq!(out.http_code, 200, "{out:?}");
+    assert_eq!(out.body, HELLO_BODY);
+}
+
+/// Without `--allow-net` the default policy refuses the loopback backend:
+/// SOCKS5 reply 2 and HTTP 403, by IP and by a name (`localhost`) that the
+/// exit resolves to 127.0.0.1. The backend never sees a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_policy_refuses_loopback_and_names_resolving_to_it() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let _exit = exit(&url, &dir, &["--public"]).await;
+    let entry = entry(&url, &["--public-exits"]).await;
+    let by_name = format!("http://localhost:{}/hello", backend.addr.port());
+
+    for page in [backend.url("/hello"), by_name.clone()] {
+        let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+        assert_eq!(socks_code(&out.stderr), Some(2), "{page}: {out:?}");
+    }
+    let proxy = format!("http://{}", entry.value("http"));
+    for page in [backend.url("/hello"), by_name] {
+        let out = curl_http(&["--proxy", &proxy, &page]).await;
+        assert_eq!(out.http_code, 403, "{page}: {out:?}");
+    }
+    assert_eq!(backend.request_count(), 0);
+}
+
+/// `--exit npub` pins one public exit: no discovery needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_public_exit_by_npub() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit(&url, &dir, &["--public", "--allow-net", "127.0.0.1/32"]).await;
+    let entry = entry(&url, &["--exit", exit.value("npub")]).await;
+    let out = curl(&[
+        "--socks5-hostname",
+        entry.value("socks5"),
+        &backend.url("/hello"),
+    ])
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, HELLO_BODY);
+}
+
+/// A private-service exit dials its backend whatever destination the
+/// `CONNECT` names: an entry pinned to it asking for 127.0.0.1:1 gets the
+/// backend's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_exit_ignores_the_destination() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit(&url, &dir, &["--backend", &backend.host_port()]).await;
+    let entry = entry(&url, &["--exit", exit.value("npub")]).await;
+    let out = curl(&[
+        "--socks5-hostname",
+        entry.value("socks5"),
+        "http://127.0.0.1:1/hello",
+    ])
+    .await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, HELLO_BODY);
+    assert_eq!(backend.request_count(), 1);
+}
+
+/// `nws cert <domain>` prints the exit's front certificate; curl verifies
+/// the HTTPS front against exactly that certificate, for the `.nostr` name
+/// in the URL. A restarted exit with the same key serves the same
+/// certificate (restored from its kind-38334/38335 events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_front_verified_with_the_certificate_from_nws_cert() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let front = [
+        "--https-port",
+        "8443",
+        "--https-target",
+        &backend.host_port(),
+    ];
+    let exit1 = exit(&url, &dir, &front).await;
+    let domain = exit1.value("domain").to_string();
+    let cert = nws_cert(&domain, &url).await;
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    let pem = dir.path().join("cert.pem");
+    std::fs::write(&pem, &cert).unwrap();
+
+    let entry = entry(&url, &[]).await;
+    let page = format!("https://{domain}:8443/hello");
+    let out = curl(&[
+        "--cacert",
+        pem.to_str().unwrap(),
+        "--socks5-hostname",
+        entry.value("socks5"),
+        &page,
+    ])
+    .await;
+    assert_eq!(out.status, 0, "{out:?}\nexit log:\n{}", exit1.stderr());
+    assert_eq!(out.stdout, HELLO_BODY);
+
+    // Without the pinned certificate curl does not trust the front.
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+    assert_eq!(out.status, 60, "{out:?}");
+
+    assert_eq!(exit1.terminate().await, Some(0));
+    let _exit2 = exit(&url, &dir, &front).await;
+    assert_eq!(nws_cert(&domain, &url).await, cert);
+}
+
+/// Runs `nws cert NAME --relay URL` and returns what it printed.
+async fn nws_cert(name: &str, relay: &str) -> String {
+    let out = tokio::process::Command::new(nws_tests::process::nws_bin())
+        .args(["cert", name, "--relay", relay])
+        .output()
+        .await
+        .expect("run nws cert");
+    assert!(
+        out.status.success(),
+        "nws cert failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("PEM is text")
+}
+
+/// Reverse connect: the entry listens on a public address, the exit dials
+/// it and the page comes back over that plain TCP connection. The exit
+/// checks the entry's address against its egress policy, so it allows
+/// 127.0.0.1/32 here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_connect_end_to_end() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit(
+        &url,
+        &dir,
+        &[
+            "--backend",
+            &backend.host_port(),
+            "--allow-net",
+            "127.0.0.1/32",
+        ],
+    )
+    .await;
+    let public = format!("127.0.0.1:{}", free_port());
+    let entry = entry(&url, &["--public-address", &public]).await;
+    assert_eq!(entry.value("public-address"), public);
+    let page = format!("http://{}/hello", exit.value("domain"));
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+    assert_eq!(out.status, 0, "{out:?}\nexit log:\n{}", exit.stderr());
+    assert_eq!(out.stdout, HELLO_BODY);
+    assert!(
+        exit.stderr().contains("reverse connection open"),
+        "{}",
+        exit.stderr()
+    );
+}
