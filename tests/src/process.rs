@@ -55,6 +55,19 @@ impl NwsProcess {
         Self::spawn_env(args, &[]).await
     }
 
+    /// Starts an open entry proxy (`--no-auth`, so that curl needs no
+    /// credentials) on `relays`, SOCKS5 on a free loopback port, HTTP too
+    /// when `http`, with `extra` arguments; prints `socks5:` (and `http:`).
+    pub async fn entry(relays: &[&str], http: bool, extra: &[&str]) -> NwsProcess {
+        let mut args = vec!["entry", "--no-auth", "--socks", "127.0.0.1:0", "--http"];
+        args.push(if http { "127.0.0.1:0" } else { "off" });
+        for r in relays {
+            args.extend_from_slice(&["--relay", r]);
+        }
+        args.extend_from_slice(extra);
+        Self::spawn(&args).await
+    }
+
     /// Like [`NwsProcess::spawn`] with extra environment variables.
     pub async fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> NwsProcess {
         let mut cmd = Command::new(nws_bin());

@@ -33,18 +33,7 @@ async fn exit(
 }
 
 async fn entry(relay: &str, extra: &[&str]) -> NwsProcess {
-    let mut args = vec![
-        "entry",
-        "--no-auth",
-        "--relay",
-        relay,
-        "--socks",
-        "127.0.0.1:0",
-        "--http",
-        "off",
-    ];
-    args.extend_from_slice(extra);
-    NwsProcess::spawn(&args).await
+    NwsProcess::entry(&[relay], false, extra).await
 }
 
 /// An exit that allows one entry key: that entry (with `--key-file`) gets

@@ -83,18 +83,7 @@ impl Net {
     }
 
     async fn spawn_entry(relay: &str, extra: &[&str]) -> NwsProcess {
-        let mut args = vec![
-            "entry",
-            "--no-auth",
-            "--relay",
-            relay,
-            "--socks",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        NwsProcess::spawn(&args).await
+        NwsProcess::entry(&[relay], true, extra).await
     }
 
     fn relay_url(&self) -> &str {
@@ -1077,20 +1066,8 @@ async fn a_relay_that_ignores_filters_leaks_nothing_into_a_stream() {
         &backend.host_port(),
     ])
     .await;
-    let entry = |url: String| async move {
-        NwsProcess::spawn(&[
-            "entry",
-            "--no-auth",
-            "--relay",
-            &url,
-            "--socks",
-            "127.0.0.1:0",
-            "--http",
-            "off",
-        ])
-        .await
-    };
-    let (a, b) = (entry(url.clone()).await, entry(url.clone()).await);
+    let a = NwsProcess::entry(&[&url], false, &[]).await;
+    let b = NwsProcess::entry(&[&url], false, &[]).await;
     let page = format!("http://{}/1m", exit.value("domain"));
     let args_a = ["--socks5-hostname", a.value("socks5"), &page];
     let args_b = ["--socks5-hostname", b.value("socks5"), &page];

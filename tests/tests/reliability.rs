@@ -30,19 +30,8 @@ async fn exit_and_entry(
     }
     args.extend_from_slice(exit_args);
     let exit = NwsProcess::spawn(&args).await;
-    let mut args = vec![
-        "entry",
-        "--no-auth",
-        "--socks",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-    ];
-    for r in relays {
-        args.extend_from_slice(&["--relay", r]);
-    }
-    args.extend_from_slice(entry_args);
-    let entry = NwsProcess::spawn(&args).await;
+    let relays: Vec<&str> = relays.iter().map(String::as_str).collect();
+    let entry = NwsProcess::entry(&relays, true, entry_args).await;
     (exit, entry, dir)
 }
 
@@ -351,19 +340,7 @@ async fn legacy_mode_both_ways() {
     ])
     .await;
     let npub = legacy_exit.value("npub").to_string();
-    let entry2 = NwsProcess::spawn(&[
-        "entry",
-        "--no-auth",
-        "--relay",
-        &relays[0],
-        "--socks",
-        "127.0.0.1:0",
-        "--http",
-        "off",
-        "--legacy-exit",
-        &npub,
-    ])
-    .await;
+    let entry2 = NwsProcess::entry(&[&relays[0]], false, &["--legacy-exit", &npub]).await;
     let domain = legacy_exit.value("domain").to_string();
     download_while(
         "legacy exit",
