@@ -203,10 +203,15 @@ fn decode_label(label: &str) -> Option<Vec<u8>> {
 }
 
 /// Decodes one relay label to a relay URL, or `None` if it is not one.
+/// A URL whose normal form would not parse again (URL parsing can turn
+/// `c:\\r` into `c://r`, which rust-nostr refuses) is not one: every relay
+/// we decode must survive being written into a name again.
 fn decode_relay_label(label: &str) -> Option<RelayUrl> {
     let bytes = decode_label(label)?;
     let url = String::from_utf8(bytes).ok()?;
-    RelayUrl::parse(&url).ok()
+    let relay = RelayUrl::parse(&url).ok()?;
+    let again = RelayUrl::parse(relay_text(&relay)).ok()?;
+    (again == relay).then_some(relay)
 }
 
 /// The text written for a relay URL: [`RelayUrl::as_str`], minus the `/`
@@ -263,6 +268,26 @@ pub fn encode_nostr_domain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relay_whose_normal_form_does_not_parse_again_is_skipped() {
+        // `\\` becomes `/` in a ws URL's path: `c:\\r` would be written back
+        // as `c://r`, which rust-nostr refuses (found by the `names` fuzz target).
+        let text = "wss://h/c:\\\\r";
+        assert!(RelayUrl::parse(text).is_ok(), "the raw text parses");
+        let label = BASE32HEX_NOPAD.encode(text.as_bytes()).to_ascii_lowercase();
+        assert_eq!(decode_relay_label(&label), None);
+        let good = BASE32HEX_NOPAD
+            .encode(b"ws://good.example")
+            .to_ascii_lowercase();
+        let pk = nostr::Keys::generate().public_key();
+        let key = encode_nostr_domain(&pk, &[]).unwrap();
+        let exit = decode_nostr_domain(&format!("{label}.{good}.{key}")).unwrap();
+        assert_eq!(
+            exit.relays,
+            vec![RelayUrl::parse("ws://good.example").unwrap()]
+        );
+    }
     use nostr::nips::nip19::ToBech32;
 
     const VECTOR: &str = "etpjkbpf60n30bhg5oo3kdpn6srg.\
