@@ -26,6 +26,25 @@ pub struct Stats {
     pub bytes_sent: AtomicU64,
     /// Bytes received from peers and written to local sockets.
     pub bytes_received: AtomicU64,
+    /// Data and `CLOSE` messages of finished version-2 streams, first sends.
+    pub segments_sent: AtomicU64,
+    /// Data and `CLOSE` messages of finished version-2 streams sent again
+    /// (retransmissions and split resends).
+    pub segments_resent: AtomicU64,
+}
+
+impl Stats {
+    /// Adds a finished stream's message counts and logs them (debug).
+    fn record(&self, engine: &Stream, end: End) -> End {
+        let (sent, resent) = engine.segment_counts();
+        self.segments_sent.fetch_add(sent, Ordering::Relaxed);
+        self.segments_resent.fetch_add(resent, Ordering::Relaxed);
+        log::debug!(
+            "stream {}: ended ({end:?}); {sent} data messages sent, {resent} sent again",
+            engine.key()
+        );
+        end
+    }
 }
 
 /// One stream counted in [`Stats::streams_open`] until dropped. A stream
@@ -348,10 +367,10 @@ where
             engine.finish(now);
         }
         if let Some(end) = flush(&mut engine, &link, &mut delivery).await {
-            return end;
+            return stats.record(&engine, end);
         }
         if engine.is_closed() {
-            return End::Closed;
+            return stats.record(&engine, End::Closed);
         }
         if delivery.is_empty() && delivery.shutdown {
             delivery.shutdown = false;
@@ -360,6 +379,7 @@ where
         if engine.is_lingering() && delivery.is_empty() {
             // Done for the local side: release the socket and the caller, and
             // acknowledge the peer's last retransmissions in the background.
+            stats.record(&engine, End::Closed);
             drop((rd, wr, slot));
             tokio::spawn(async move {
                 linger(engine, link, inbox).await;
@@ -369,7 +389,7 @@ where
         }
         if local_eof && engine.dialect() == Dialect::Legacy {
             // A legacy peer has no close message: the local side ending is the end.
-            return End::Closed;
+            return stats.record(&engine, End::Closed);
         }
         let can_read = !local_eof && pending.is_empty() && engine.send_capacity() > 0;
         let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);
@@ -382,7 +402,8 @@ where
                 }
                 Err(e) => {
                     log::debug!("stream {}: local write failed: {e}", engine.key());
-                    return abort_and_tell(&mut engine, &link, "connection-reset").await;
+                    let end = abort_and_tell(&mut engine, &link, "connection-reset").await;
+                    return stats.record(&engine, end);
                 }
             },
             r = rd.read(&mut buf), if can_read => match r {
@@ -398,14 +419,17 @@ where
                         log::warn!("stream {}: {e}", engine.key());
                     }
                 }
-                None => return End::Aborted(ErrorReason::Other("route-closed".into())),
+                None => {
+                    let end = End::Aborted(ErrorReason::Other("route-closed".into()));
+                    return stats.record(&engine, end);
+                }
             },
             _ = sleep_until_opt(timer) => engine.handle_timeout(Instant::now()),
             _ = tokio::time::sleep(idle_timeout) => {
                 log::info!("stream {}: idle for {idle_timeout:?}, aborting", engine.key());
                 engine.abort(ErrorReason::Timeout);
                 let _ = flush(&mut engine, &link, &mut delivery).await;
-                return End::Aborted(ErrorReason::Timeout);
+                return stats.record(&engine, End::Aborted(ErrorReason::Timeout));
             }
         }
     }

@@ -242,6 +242,10 @@ struct Send {
     /// The driver could not hand messages to any relay: timeouts now say
     /// nothing about message size.
     path_down: bool,
+    /// Data and `CLOSE` messages queued for the first time.
+    segments_sent: u64,
+    /// Data and `CLOSE` messages queued again (retransmissions, splits).
+    segments_resent: u64,
 }
 
 /// Receive direction of a version-2 stream.
@@ -415,6 +419,8 @@ impl Stream {
             max_segment: config.max_segment.max(1),
             ceiling: config.max_segment.max(1),
             path_down: false,
+            segments_sent: 0,
+            segments_resent: 0,
         };
         let recv = Recv {
             edge_sent: config.window,
@@ -616,6 +622,7 @@ impl Stream {
                     sacked: false,
                 };
                 let msg = self.segment_message(&piece);
+                self.send.segments_resent += 1;
                 self.out.push_back(Output::Publish(msg));
                 self.send.in_flight.push_back(piece);
             }
@@ -880,6 +887,13 @@ impl Stream {
         self.recv.undelivered
     }
 
+    /// Data and `CLOSE` messages this stream queued: `(first sends,
+    /// retransmissions)`; a split resend counts each piece. 0-RTT bytes in
+    /// the `CONNECT` are not counted.
+    pub fn segment_counts(&self) -> (u64, u64) {
+        (self.send.segments_sent, self.send.segments_resent)
+    }
+
     fn on_data(&mut self, seq: u64, data: Vec<u8>, now: Instant) {
         let end = seq.saturating_add(data.len() as u64);
         if let Some(fin) = self.recv.fin_at {
@@ -1104,6 +1118,7 @@ impl Stream {
             }
             if let Some(seg) = self.send.in_flight.get(i) {
                 let msg = self.segment_message(seg);
+                self.send.segments_resent += 1;
                 self.out.push_back(Output::Publish(msg));
             }
         }
@@ -1154,6 +1169,7 @@ impl Stream {
             }
             if let Some(seg) = self.send.in_flight.get(i) {
                 let msg = self.segment_message(seg);
+                self.send.segments_resent += 1;
                 self.out.push_back(Output::Publish(msg));
             }
         }
@@ -1206,6 +1222,7 @@ impl Stream {
         }
         for seg in pieces.iter() {
             let msg = self.segment_message(seg);
+            self.send.segments_resent += 1;
             self.out.push_back(Output::Publish(msg));
         }
         for seg in pieces.into_iter().rev() {
@@ -1336,6 +1353,7 @@ impl Stream {
         };
         self.send.next_offset = seg.end();
         let msg = self.segment_message(&seg);
+        self.send.segments_sent += 1;
         self.send.in_flight.push_back(seg);
         if self.send.rto_deadline.is_none() {
             self.send.rto_deadline = Some(now + self.backed_off_rto());

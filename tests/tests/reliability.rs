@@ -63,6 +63,46 @@ async fn download_while<F: std::future::Future<Output = ()>>(
     eprintln!("{label}: {file} in {:.1} s", t.elapsed().as_secs_f64());
 }
 
+/// What the exit says (debug log) about its finished streams: data
+/// messages sent for the first time and sent again. Waits up to 10 s for
+/// `streams` of them to have ended.
+async fn exit_messages(exit: &NwsProcess, streams: usize) -> (u64, u64) {
+    let mut counts = Vec::new();
+    for _ in 0..100 {
+        counts = exit
+            .stderr()
+            .lines()
+            .filter_map(|l| {
+                let tail = l.split("); ").nth(1)?;
+                let mut words = tail.split_whitespace();
+                let sent: u64 = words.next()?.parse().ok()?;
+                let again: u64 = words.nth(3)?.parse().ok()?;
+                Some((sent, again))
+            })
+            .collect();
+        if counts.len() >= streams {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counts.len() >= streams, "{}", exit.stderr());
+    counts.iter().fold((0, 0), |(a, b), (s, r)| (a + s, b + r))
+}
+
+/// Prints the download's cost in the exit's data messages: per MiB, and the
+/// share that were retransmissions.
+async fn report_messages(label: &str, exit: &NwsProcess, bytes: usize) {
+    let (sent, again) = exit_messages(exit, 1).await;
+    assert!(sent > 0, "{label}: the exit sent no data message");
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "{label}: exit sent {} data messages for {mib:.0} MiB ({:.1} per MiB), {again} of them again ({:.1} %)",
+        sent + again,
+        (sent + again) as f64 / mib,
+        100.0 * again as f64 / (sent + again) as f64
+    );
+}
+
 /// Two relays; one is killed in the middle of a 50 MiB download.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_survives_losing_one_of_two_relays() {
@@ -85,6 +125,7 @@ async fn download_survives_losing_one_of_two_relays() {
         },
     )
     .await;
+    report_messages("one of two relays killed", &exit, backend.file("50m").len()).await;
 }
 
 /// The only relay (nostr-rs-relay) restarts in the middle of a download.
@@ -112,6 +153,7 @@ async fn download_survives_a_relay_restart() {
         },
     )
     .await;
+    report_messages("relay restart", &exit, backend.file("10m").len()).await;
 }
 
 /// A relay path that drops a share of events both ways.
@@ -139,6 +181,12 @@ async fn download_through_lossy_relay(drop: f64, seed: u64) {
         "10m",
         &[],
         async {},
+    )
+    .await;
+    report_messages(
+        &format!("{:.0} % event loss", drop * 100.0),
+        &exit,
+        backend.file("10m").len(),
     )
     .await;
     let s = faulty.stats();
@@ -182,6 +230,7 @@ async fn download_adapts_to_a_relay_size_limit() {
         async {},
     )
     .await;
+    report_messages("8 KiB event limit", &exit, backend.file("1m").len()).await;
     assert!(faulty.stats().publish_rejected > 0);
     assert!(exit.stderr().contains("too large"), "{}", exit.stderr());
 }
@@ -231,6 +280,7 @@ async fn download_keeps_under_a_limit_published_in_nip11() {
         async {},
     )
     .await;
+    report_messages("16 KiB limit from NIP-11", &exit, backend.file("1m").len()).await;
     let stats = faulty.stats();
     assert_eq!(
         stats.publish_rejected, 0,
