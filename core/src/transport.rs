@@ -564,8 +564,11 @@ async fn run_router(
                         .find(|(id, _)| *id == event_id)
                         .map(|(_, n)| *n);
                     if let Some(size) = size {
-                        log::info!("relay {relay_url} rejected a {size}-byte event as too large: {message}");
-                        inner.content_limit.fetch_min(size, Ordering::Relaxed);
+                        let limit = limit_from_rejection(&message, size);
+                        log::info!(
+                            "relay {relay_url} rejected a {size}-byte event as too large ({message}): content kept under {limit} bytes"
+                        );
+                        inner.content_limit.fetch_min(limit, Ordering::Relaxed);
                     }
                 }
                 let routes = lock(&inner.routes);
@@ -586,6 +589,26 @@ async fn run_router(
 fn is_size_rejection(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("too large") || m.contains("too big") || m.contains("exceed") || m.contains("size")
+}
+
+/// The content limit to keep after a relay rejected an event whose content
+/// was `content` bytes as too large: the relay's own figure when its message
+/// names one below the event's size (`... (70123 > 65536 bytes)`), less the
+/// rest of the event; otherwise half the rejected size, so that a few
+/// rejections find any limit.
+fn limit_from_rejection(message: &str, content: usize) -> usize {
+    let event = content + crate::nip11::EVENT_OVERHEAD_BYTES;
+    let hinted = message
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<usize>().ok())
+        .filter(|&n| (1024..event).contains(&n))
+        .min();
+    match hinted {
+        Some(n) => n
+            .saturating_sub(crate::nip11::EVENT_OVERHEAD_BYTES)
+            .max(256),
+        None => (content / 2).max(256),
+    }
 }
 
 /// The filter an exit subscribes with: kind 28333 events addressed to it.
@@ -613,4 +636,19 @@ pub fn entry_stream_filter(
 /// peers (relays do not store ephemeral events, so nothing old is replayed).
 fn since_now() -> nostr::Timestamp {
     nostr::Timestamp::from_secs(nostr::Timestamp::now().as_secs().saturating_sub(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_rejection_with_the_relays_figure_gives_that_limit() {
+        let m = "invalid: event too large (45000 > 8192 bytes)";
+        assert_eq!(limit_from_rejection(m, 44_500), 8192 - 600);
+        // Numbers that cannot be the limit (timestamps, the event's size) are ignored.
+        let m = "blocked: event exceeds size at 1763700000";
+        assert_eq!(limit_from_rejection(m, 40_000), 20_000);
+        assert_eq!(limit_from_rejection("too large", 300), 256);
+    }
 }
