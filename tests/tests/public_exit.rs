@@ -227,3 +227,83 @@ async fn reverse_connect_end_to_end() {
         exit.stderr()
     );
 }
+
+/// Asserts `page` is refused by the exit's egress policy through both
+/// proxies of `entry`: SOCKS5 reply 2 and HTTP 403.
+async fn assert_refused(entry: &NwsProcess, page: &str) {
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), page]).await;
+    assert_eq!(socks_code(&out.stderr), Some(2), "SOCKS5 {page}: {out:?}");
+    let proxy = format!("http://{}", entry.value("http"));
+    let out = curl_http(&["--proxy", &proxy, page]).await;
+    assert_eq!(out.http_code, 403, "HTTP {page}: {out:?}");
+}
+
+/// Asserts `page` (a `/hello`) is served through both proxies of `entry`.
+async fn assert_served(entry: &NwsProcess, page: &str) {
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), page]).await;
+    assert_eq!(out.status, 0, "SOCKS5 {page}: {out:?}\n{}", entry.stderr());
+    assert_eq!(out.stdout, HELLO_BODY, "SOCKS5 {page}");
+    let proxy = format!("http://{}", entry.value("http"));
+    let out = curl_http(&["--proxy", &proxy, page]).await;
+    assert_eq!(out.http_code, 200, "HTTP {page}: {out:?}");
+    assert_eq!(out.body, HELLO_BODY, "HTTP {page}");
+}
+
+/// `--deny-net` wins over `--allow-net`: with 127.0.0.0/8 allowed and
+/// 127.0.0.2/32 denied, a backend on 127.0.0.2 is refused (by IP) and never
+/// sees a request, while one on 127.0.0.1 is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_net_wins_over_allow_net() {
+    let served = HttpBackend::start().await;
+    let denied = HttpBackend::start_on(std::net::Ipv4Addr::new(127, 0, 0, 2)).await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit(
+        &url,
+        &dir,
+        &[
+            "--public",
+            "--allow-net",
+            "127.0.0.0/8",
+            "--deny-net",
+            "127.0.0.2/32",
+        ],
+    )
+    .await;
+    let entry = entry(&url, &["--exit", exit.value("npub")]).await;
+    assert_served(&entry, &served.url("/hello")).await;
+    assert_refused(&entry, &denied.url("/hello")).await;
+    assert_eq!(served.request_count(), 2);
+    assert_eq!(denied.request_count(), 0);
+}
+
+/// `--allow-port` restricts the destination ports: of two backends on
+/// 127.0.0.1 (allowed by `--allow-net`), the one on the allowed port is
+/// served and the other refused without a request reaching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_port_refuses_other_ports() {
+    let served = HttpBackend::start().await;
+    let other = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let port = served.addr.port().to_string();
+    let exit = exit(
+        &url,
+        &dir,
+        &[
+            "--public",
+            "--allow-net",
+            "127.0.0.1/32",
+            "--allow-port",
+            &port,
+        ],
+    )
+    .await;
+    let entry = entry(&url, &["--exit", exit.value("npub")]).await;
+    assert_served(&entry, &served.url("/hello")).await;
+    assert_refused(&entry, &other.url("/hello")).await;
+    assert_eq!(served.request_count(), 2);
+    assert_eq!(other.request_count(), 0);
+}
