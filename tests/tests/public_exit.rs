@@ -2,6 +2,9 @@
 //! front with `nws cert`, and reverse connect (`CONNECTR`). Real `nws`
 //! processes, the embedded relay, curl; every address is on 127.0.0.1.
 
+use std::time::Duration;
+
+use nostr_sdk::prelude::PublicKey;
 use nws_tests::process::NwsProcess;
 use nws_tests::{curl, curl_http, free_port, socks_code, HttpBackend, HELLO_BODY};
 
@@ -306,4 +309,69 @@ async fn allow_port_refuses_other_ports() {
     assert_refused(&entry, &other.url("/hello")).await;
     assert_eq!(served.request_count(), 2);
     assert_eq!(other.request_count(), 0);
+}
+
+/// Waits (at most 30 s) until `process` has logged `needle`.
+async fn wait_for_log(process: &NwsProcess, needle: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if process.stderr().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The hex public key of an exit (as the entry logs it).
+fn exit_hex(exit: &NwsProcess) -> String {
+    PublicKey::parse(exit.value("npub")).unwrap().to_hex()
+}
+
+/// Two public exits are announced; one is killed after the entry has seen
+/// its (still fresh) announcement. Every request through `--public-exits`
+/// still succeeds: the entry tries the dead exit, marks it failed and
+/// takes the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_the_next_public_exit_when_one_is_dead() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let public = ["--public", "--allow-net", "127.0.0.1/32"];
+    let mut dead = exit(&url, &dir_a, &public).await;
+    let live = exit(&url, &dir_b, &public).await;
+    let entry = entry(&url, &["--public-exits", "--connect-timeout", "3"]).await;
+    let (dead_hex, live_hex) = (exit_hex(&dead), exit_hex(&live));
+    for hex in [&dead_hex, &live_hex] {
+        assert!(
+            wait_for_log(&entry, &format!("public exit {hex} announced")).await,
+            "the entry never saw {hex} announced:\n{}",
+            entry.stderr()
+        );
+    }
+    dead.kill().await;
+
+    const REQUESTS: usize = 4;
+    for i in 0..REQUESTS {
+        let out = curl(&[
+            "--socks5-hostname",
+            entry.value("socks5"),
+            &backend.url("/hello"),
+        ])
+        .await;
+        assert_eq!(out.status, 0, "request {i}: {out:?}\n{}", entry.stderr());
+        assert_eq!(out.stdout, HELLO_BODY, "request {i}");
+    }
+    assert_eq!(backend.request_count(), REQUESTS);
+    let log = entry.stderr();
+    assert!(
+        log.contains(&format!("public exit {dead_hex} failed")),
+        "{log}"
+    );
+    assert!(log.contains("trying the next one"), "{log}");
+    assert!(
+        !log.contains(&format!("public exit {live_hex} failed")),
+        "{log}"
+    );
 }
