@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nostr_sdk::prelude::PublicKey;
+use nostr_sdk::prelude::{FromBech32, Nip19Profile, PublicKey, RelayUrl};
 use nws_tests::process::NwsProcess;
 use nws_tests::{curl, curl_http, free_port, socks_code, HttpBackend, HELLO_BODY};
 
@@ -14,6 +14,16 @@ async fn relay() -> NwsProcess {
 
 /// `nws exit --relay URL --key-file DIR/exit.key <extra>`.
 async fn exit(relay: &str, dir: &tempfile::TempDir, extra: &[&str]) -> NwsProcess {
+    exit_env(relay, dir, extra, &[]).await
+}
+
+/// [`exit`] with extra environment variables.
+async fn exit_env(
+    relay: &str,
+    dir: &tempfile::TempDir,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> NwsProcess {
     let key = dir.path().join("exit.key");
     let mut args = vec![
         "exit",
@@ -23,11 +33,16 @@ async fn exit(relay: &str, dir: &tempfile::TempDir, extra: &[&str]) -> NwsProces
         key.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    NwsProcess::spawn(&args).await
+    NwsProcess::spawn_env(&args, env).await
 }
 
 /// An entry with SOCKS5 and HTTP on free loopback ports.
 async fn entry(relay: &str, extra: &[&str]) -> NwsProcess {
+    entry_env(relay, extra, &[]).await
+}
+
+/// [`entry`] with extra environment variables.
+async fn entry_env(relay: &str, extra: &[&str], env: &[(&str, &str)]) -> NwsProcess {
     let mut args = vec![
         "entry",
         "--no-auth",
@@ -39,7 +54,7 @@ async fn entry(relay: &str, extra: &[&str]) -> NwsProcess {
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    NwsProcess::spawn(&args).await
+    NwsProcess::spawn_env(&args, env).await
 }
 
 /// An ordinary host (the loopback backend, by IP) is fetched through a
@@ -374,4 +389,129 @@ async fn falls_back_to_the_next_public_exit_when_one_is_dead() {
         !log.contains(&format!("public exit {live_hex} failed")),
         "{log}"
     );
+}
+
+/// `--exit nprofile1...` pins an exit on the relay the nprofile names: the
+/// entry's own `--relay` is another, empty relay, and the page still comes
+/// back through the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_public_exit_by_nprofile_on_its_own_relay() {
+    let backend = HttpBackend::start().await;
+    let exit_relay = relay().await;
+    let other_relay = relay().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit(
+        exit_relay.value("relay"),
+        &dir,
+        &["--public", "--allow-net", "127.0.0.1/32"],
+    )
+    .await;
+    let nprofile = exit.value("nprofile");
+    let profile = Nip19Profile::from_bech32(nprofile).unwrap();
+    assert_eq!(
+        profile.relays,
+        vec![RelayUrl::parse(exit_relay.value("relay")).unwrap()]
+    );
+    let entry = entry(other_relay.value("relay"), &["--exit", nprofile]).await;
+    assert_served(&entry, &backend.url("/hello")).await;
+    assert_eq!(backend.request_count(), 2);
+}
+
+/// A bad `--exit` stops the entry at start: exit code 1 and an error that
+/// names the option and the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_exit_value_is_refused_at_start() {
+    let relay = relay().await;
+    for bad in ["npub1notakey", "example.com", "nprofile1qqqq", "zzz.nostr"] {
+        let run = tokio::process::Command::new(nws_tests::process::nws_bin())
+            .args([
+                "entry",
+                "--no-auth",
+                "--relay",
+                relay.value("relay"),
+                "--socks",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--exit",
+                bad,
+            ])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("nws entry --exit {bad} did not stop"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--exit {bad}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+        assert!(
+            stderr.contains("error:") && stderr.contains("--exit") && stderr.contains(bad),
+            "--exit {bad}: {stderr}"
+        );
+    }
+}
+
+/// `PUBLIC=true` on `nws exit` is `--public`: the exit announces itself
+/// and an entry with `--public-exits` fetches through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_env_var_makes_a_public_exit() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit_env(
+        &url,
+        &dir,
+        &["--allow-net", "127.0.0.1/32"],
+        &[("PUBLIC", "true")],
+    )
+    .await;
+    assert!(exit.has_value("public"), "{:?}", exit.values);
+    let entry = entry(&url, &["--public-exits"]).await;
+    assert_served(&entry, &backend.url("/hello")).await;
+    assert!(
+        entry
+            .stderr()
+            .contains(&format!("public exit {} announced", exit_hex(&exit))),
+        "{}",
+        entry.stderr()
+    );
+    assert_eq!(backend.request_count(), 2);
+}
+
+/// `PUBLIC_ADDRESS=127.0.0.1:0` on `nws entry` is `--public-address`: the
+/// entry listens on a port the system picks, prints it, and the exit
+/// dials it (`CONNECTR`) to bring the page back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_address_env_var_turns_on_reverse_connect() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit(
+        &url,
+        &dir,
+        &[
+            "--backend",
+            &backend.host_port(),
+            "--allow-net",
+            "127.0.0.1/32",
+        ],
+    )
+    .await;
+    let entry = entry_env(&url, &[], &[("PUBLIC_ADDRESS", "127.0.0.1:0")]).await;
+    let public: std::net::SocketAddr = entry.value("public-address").parse().unwrap();
+    assert_eq!(public.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_ne!(public.port(), 0);
+    let page = format!("http://{}/hello", exit.value("domain"));
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+    assert_eq!(out.status, 0, "{out:?}\nexit log:\n{}", exit.stderr());
+    assert_eq!(out.stdout, HELLO_BODY);
+    assert!(
+        exit.stderr().contains("reverse connection open"),
+        "{}",
+        exit.stderr()
+    );
+    assert_eq!(backend.request_count(), 1);
 }
