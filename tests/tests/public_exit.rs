@@ -431,32 +431,53 @@ async fn pinned_public_exit_by_nprofile_on_its_own_relay() {
 async fn bad_exit_value_is_refused_at_start() {
     let relay = relay().await;
     for bad in ["npub1notakey", "example.com", "nprofile1qqqq", "zzz.nostr"] {
-        let run = tokio::process::Command::new(nws_tests::process::nws_bin())
-            .args([
-                "entry",
-                "--no-auth",
-                "--relay",
-                relay.value("relay"),
-                "--socks",
-                "127.0.0.1:0",
-                "--http",
-                "off",
-                "--exit",
-                bad,
-            ])
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(60), run)
-            .await
-            .unwrap_or_else(|_| panic!("nws entry --exit {bad} did not stop"))
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "--exit {bad}: {stderr}");
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+        let stderr = entry_fails(relay.value("relay"), &["--exit", bad], &[]).await;
         assert!(
-            stderr.contains("error:") && stderr.contains("--exit") && stderr.contains(bad),
+            stderr.contains("--exit") && stderr.contains(bad),
             "--exit {bad}: {stderr}"
         );
+    }
+}
+
+/// Runs `nws entry` expecting it to stop at start: exit code 1, no
+/// `ready`, an `error:` line. Returns its stderr.
+async fn entry_fails(relay: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = tokio::process::Command::new(nws_tests::process::nws_bin());
+    cmd.args([
+        "entry",
+        "--no-auth",
+        "--relay",
+        relay,
+        "--socks",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+    ])
+    .args(extra)
+    .envs(env.iter().copied())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("nws entry {extra:?} {env:?} did not stop"))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{extra:?} {env:?}: {stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+    assert!(stderr.contains("error:"), "{extra:?} {env:?}: {stderr}");
+    stderr
+}
+
+/// The public address is what exits dial, so an unspecified one (0.0.0.0,
+/// ::), which no exit can use, is refused at start, by option and by
+/// `PUBLIC_ADDRESS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspecified_public_address_is_refused_at_start() {
+    let relay = relay().await;
+    for addr in ["0.0.0.0:0", "[::]:9000"] {
+        let stderr = entry_fails(relay.value("relay"), &["--public-address", addr], &[]).await;
+        assert!(stderr.contains("--public-address"), "{addr}: {stderr}");
+        let stderr = entry_fails(relay.value("relay"), &[], &[("PUBLIC_ADDRESS", addr)]).await;
+        assert!(stderr.contains("--public-address"), "{addr}: {stderr}");
     }
 }
 
