@@ -18,7 +18,7 @@ pub mod process;
 use std::convert::Infallible;
 use std::fmt;
 use std::fs::OpenOptions;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,8 +161,9 @@ impl HttpBackend {
     }
 
     /// Like [`HttpBackend::start`] on another loopback address
-    /// (`127.0.0.2`, say: Linux routes all of 127.0.0.0/8 to `lo`).
-    pub async fn start_on(ip: Ipv4Addr) -> HttpBackend {
+    /// (`127.0.0.2`, say: Linux routes all of 127.0.0.0/8 to `lo`; or `::1`).
+    pub async fn start_on(ip: impl Into<IpAddr>) -> HttpBackend {
+        let ip = ip.into();
         let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .unwrap_or_else(|e| panic!("bind HttpBackend on {ip}:0: {e}"));
@@ -207,7 +208,7 @@ impl HttpBackend {
         }
     }
 
-    /// `http://IP:PORT/<path>` (path with or without a leading `/`).
+    /// `http://IP:PORT/<path>` (`[IP]` for IPv6; path with or without a leading `/`).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, normalize_name(path))
     }

@@ -544,3 +544,50 @@ async fn public_address_env_var_turns_on_reverse_connect() {
     );
     assert_eq!(backend.request_count(), 1);
 }
+
+/// A public exit with `--backend` too: streams to its own names (`.nostr`
+/// domain, npub) go to the backend, on loopback, although the egress
+/// policy (default here) refuses loopback for every other destination,
+/// including the backend's own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_exit_serves_its_own_names_from_its_backend() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let exit = exit(&url, &dir, &["--public", "--backend", &backend.host_port()]).await;
+    let entry = entry(&url, &["--exit", exit.value("npub")]).await;
+    for name in [exit.value("domain"), exit.value("npub")] {
+        assert_served(&entry, &format!("http://{name}/hello")).await;
+    }
+    assert_eq!(backend.request_count(), 4);
+    assert_refused(&entry, &backend.url("/hello")).await;
+    assert_eq!(backend.request_count(), 4);
+}
+
+/// IPv6 literals reach a public exit unresolved and bracketed: with
+/// `--allow-net ::1/128`, a backend on `[::1]` is served through both
+/// proxies (HTTP: absolute form and `CONNECT`); without it, refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_destinations_through_a_public_exit() {
+    let backend = HttpBackend::start_on(std::net::Ipv6Addr::LOCALHOST).await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let (dir, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = exit(&url, &dir, &["--public", "--allow-net", "::1/128"]).await;
+    let closed = exit(&url, &dir2, &["--public"]).await;
+    let page = backend.url("/hello");
+    assert!(page.starts_with("http://[::1]:"), "{page}");
+
+    let to_open = entry(&url, &["--exit", open.value("npub")]).await;
+    assert_served(&to_open, &page).await;
+    let proxy = format!("http://{}", to_open.value("http"));
+    let out = curl_http(&["--proxytunnel", "--proxy", &proxy, &page]).await;
+    assert_eq!((out.connect_code, out.http_code), (200, 200), "{out:?}");
+    assert_eq!(out.body, HELLO_BODY);
+    assert_eq!(backend.request_count(), 3);
+
+    let to_closed = entry(&url, &["--exit", closed.value("npub")]).await;
+    assert_refused(&to_closed, &page).await;
+    assert_eq!(backend.request_count(), 3);
+}
