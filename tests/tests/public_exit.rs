@@ -591,3 +591,29 @@ async fn ipv6_destinations_through_a_public_exit() {
     assert_refused(&to_closed, &page).await;
     assert_eq!(backend.request_count(), 3);
 }
+
+/// With `--public-exits` and no exit announced, a request waits (up to
+/// the connect timeout) and then fails: SOCKS5 reply 3 (network
+/// unreachable), HTTP 502, and the entry says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_announced_public_exit_is_network_unreachable() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let entry = entry(
+        relay.value("relay"),
+        &["--public-exits", "--connect-timeout", "1"],
+    )
+    .await;
+    let page = backend.url("/hello");
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+    assert_eq!(socks_code(&out.stderr), Some(3), "{out:?}");
+    let proxy = format!("http://{}", entry.value("http"));
+    let out = curl_http(&["--proxy", &proxy, &page]).await;
+    assert_eq!(out.http_code, 502, "{out:?}");
+    assert_eq!(backend.request_count(), 0);
+    assert!(
+        entry.stderr().contains("no public exit announced"),
+        "{}",
+        entry.stderr()
+    );
+}
