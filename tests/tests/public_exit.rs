@@ -356,7 +356,7 @@ async fn falls_back_to_the_next_public_exit_when_one_is_dead() {
     let public = ["--public", "--allow-net", "127.0.0.1/32"];
     let mut dead = exit(&url, &dir_a, &public).await;
     let live = exit(&url, &dir_b, &public).await;
-    let entry = entry(&url, &["--public-exits", "--connect-timeout", "3"]).await;
+    let entry = entry(&url, &["--public-exits", "--connect-timeout", "5"]).await;
     let (dead_hex, live_hex) = (exit_hex(&dead), exit_hex(&live));
     for hex in [&dead_hex, &live_hex] {
         assert!(
