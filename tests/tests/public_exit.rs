@@ -617,3 +617,46 @@ async fn no_announced_public_exit_is_network_unreachable() {
         entry.stderr()
     );
 }
+
+/// A public exit stopped cleanly (SIGTERM) withdraws its announcement:
+/// once the withdrawal has expired (2 s), the entry no longer tries it,
+/// so no request waits for a dead exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanly_stopped_public_exit_is_not_tried() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let public = ["--public", "--allow-net", "127.0.0.1/32"];
+    let stopped = exit(&url, &dir_a, &public).await;
+    let live = exit(&url, &dir_b, &public).await;
+    let entry = entry(&url, &["--public-exits", "--connect-timeout", "5"]).await;
+    let stopped_hex = exit_hex(&stopped);
+    for hex in [&stopped_hex, &exit_hex(&live)] {
+        assert!(
+            wait_for_log(&entry, &format!("public exit {hex} announced")).await,
+            "the entry never saw {hex} announced:\n{}",
+            entry.stderr()
+        );
+    }
+    assert_eq!(stopped.terminate().await, Some(0));
+    // The withdrawal's lifetime (WITHDRAWAL_LIFETIME), and a second more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    for i in 0..4 {
+        let out = curl(&[
+            "--socks5-hostname",
+            entry.value("socks5"),
+            &backend.url("/hello"),
+        ])
+        .await;
+        assert_eq!(out.status, 0, "request {i}: {out:?}\n{}", entry.stderr());
+        assert_eq!(out.stdout, HELLO_BODY, "request {i}");
+    }
+    assert_eq!(backend.request_count(), 4);
+    let log = entry.stderr();
+    assert!(
+        !log.contains(&format!("public exit {stopped_hex} failed")),
+        "{log}"
+    );
+}
