@@ -206,6 +206,7 @@ struct EntryArgs {
     exit: Option<String>,
     /// Reverse connect: listen on HOST:PORT and have exits connect there
     /// (CONNECTR); the stream's bytes then travel over plain TCP, not Nostr.
+    /// HOST is sent to the exits as is: not 0.0.0.0 or ::.
     #[arg(long, env = "PUBLIC_ADDRESS")]
     public_address: Option<SocketAddr>,
 }
@@ -417,6 +418,16 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
             .map_err(|e| format!("bad --exit `{name}`: {e}"))?
             .ok_or_else(|| format!("--exit takes an npub or nprofile, not `{name}`"))?;
         config.exit = Some(exit);
+    }
+    if let Some(addr) = args.public_address {
+        // The address goes to the exits in `CONNECTR`, and they dial it:
+        // 0.0.0.0 or :: would be refused ("this network") or dial the exit itself.
+        if addr.ip().is_unspecified() {
+            return Err(format!(
+                "--public-address {addr}: exits dial this address, so give one they can \
+                 reach (this host's public IP), not an unspecified one"
+            ));
+        }
     }
     config.public_address = args.public_address;
     for k in &args.legacy_exits {

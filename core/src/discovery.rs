@@ -27,6 +27,10 @@ pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
 /// reference implementation uses 10 s (its interval); 30 s leaves room for
 /// a slow relay or a missed round without the exit dropping out.
 pub const ANNOUNCE_LIFETIME: Duration = Duration::from_secs(30);
+/// The lifetime of the announcement a public exit publishes when it stops
+/// ([`crate::exit::ExitNode::stop`]): it replaces the last one, so entries
+/// drop the exit when it expires.
+pub const WITHDRAWAL_LIFETIME: Duration = Duration::from_secs(2);
 /// An announcement older than this (by its `created_at`) is stale, whatever
 /// its `expiration` says.
 pub const MAX_ANNOUNCEMENT_AGE: Duration = Duration::from_secs(30);
@@ -149,7 +153,22 @@ impl Directory {
     /// Records an announcement if it is fresh and newer than the one held
     /// for its exit. Returns whether it was recorded.
     pub fn insert(&self, event: &Event) -> bool {
-        if !is_fresh(event, Timestamp::now(), MAX_ANNOUNCEMENT_AGE) {
+        let now = Timestamp::now();
+        if !is_fresh(event, now, MAX_ANNOUNCEMENT_AGE) {
+            // An expired announcement at least as new as the one held (a
+            // withdrawal that arrived late) drops the exit.
+            let expired = event.tags.expiration().is_some_and(|e| *e <= now);
+            let mut exits = lock(&self.exits);
+            if expired
+                && event.kind.as_u16() == KIND_EXIT_ANNOUNCEMENT
+                && exits
+                    .get(&event.pubkey)
+                    .is_some_and(|s| s.created_at <= event.created_at)
+            {
+                exits.remove(&event.pubkey);
+                log::info!("public exit {} withdrawn", event.pubkey);
+                return false;
+            }
             log::debug!(
                 "stale announcement {} from {}: ignored",
                 event.id,
@@ -283,5 +302,38 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(dir.candidates(), vec![b.public_key(), a.public_key()]);
         }
+    }
+
+    /// An announcement of `keys` created `created` seconds from now,
+    /// expiring `expires` seconds from now (negative: in the past).
+    fn announcement_at(keys: &Keys, created: i64, expires: i64) -> Event {
+        let at = |d: i64| Timestamp::from_secs(Timestamp::now().as_secs().saturating_add_signed(d));
+        EventBuilder::new(Kind::Custom(KIND_EXIT_ANNOUNCEMENT), "")
+            .tag(Tag::expiration(at(expires)))
+            .custom_created_at(at(created))
+            .sign_with_keys(keys)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_withdrawal_drops_the_exit_late_or_on_time() {
+        let dir = Directory::default();
+        let (a, b) = (Keys::generate(), Keys::generate());
+        for k in [&a, &b] {
+            assert!(dir.insert(&announcement_at(k, -5, 25)));
+        }
+        // On time: a newer announcement with a short lifetime replaces the
+        // last one (it counts until it expires).
+        assert!(dir.insert(&announcement_at(
+            &a,
+            -1,
+            WITHDRAWAL_LIFETIME.as_secs() as i64
+        )));
+        // Late: already expired, but newer than the one held: dropped now.
+        assert!(!dir.insert(&announcement_at(&b, -1, -1)));
+        assert_eq!(dir.candidates(), vec![a.public_key()]);
+        // An expired announcement older than the one held changes nothing.
+        assert!(!dir.insert(&announcement_at(&a, -10, -1)));
+        assert_eq!(dir.candidates(), vec![a.public_key()]);
     }
 }

@@ -34,7 +34,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::{announcement_event, ANNOUNCE_INTERVAL, ANNOUNCE_LIFETIME};
+use crate::discovery::{
+    announcement_event, ANNOUNCE_INTERVAL, ANNOUNCE_LIFETIME, WITHDRAWAL_LIFETIME,
+};
 use crate::driver::{pump, Conn, Inbox, Link, OpenSlot, Stats};
 use crate::engine::{Stream, StreamConfig};
 use crate::names::{encode_nostr_domain, is_nws_host, NameError};
@@ -162,6 +164,9 @@ pub struct ExitNode {
     stats: Arc<Stats>,
     task: tokio::task::JoinHandle<()>,
     certificate: Option<FrontCertificate>,
+    /// A public exit's announcing task and key, to withdraw the
+    /// announcement on [`ExitNode::stop`].
+    announcing: Option<(tokio::task::JoinHandle<()>, Keys)>,
 }
 
 /// How long the exit waits for its own certificate events at start.
@@ -269,9 +274,12 @@ impl ExitNode {
             .map(FrontCertificate::acceptor)
             .transpose()?;
         let cancel = CancellationToken::new();
-        if config.public {
-            announce(&transport, &config, cancel.clone()).await;
-        }
+        let announcing = if config.public {
+            let task = announce(&transport, &config, cancel.clone()).await;
+            Some((task, config.keys.clone()))
+        } else {
+            None
+        };
         let stats = Arc::new(Stats::default());
         let server = Server {
             tls,
@@ -300,6 +308,7 @@ impl ExitNode {
             stats,
             task,
             certificate,
+            announcing,
         })
     }
 
@@ -338,16 +347,41 @@ impl ExitNode {
     }
 
     /// Stops accepting streams, aborts open ones and disconnects from relays.
+    /// A public exit first withdraws its announcement: it publishes one
+    /// that expires [`WITHDRAWAL_LIFETIME`] from now (waiting up to 2 s for
+    /// the relays), so entries stop picking it then instead of trying it
+    /// until the last announcement ages out.
     pub async fn stop(self) {
         self.cancel.cancel();
         let _ = self.task.await;
+        if let Some((task, keys)) = self.announcing {
+            // No periodic announcement may land after the withdrawal.
+            let _ = task.await;
+            match announcement_event(&keys, WITHDRAWAL_LIFETIME) {
+                Ok(ev) => {
+                    match self
+                        .transport
+                        .publish_confirmed(&ev, &self.relays, Duration::from_secs(2))
+                        .await
+                    {
+                        Ok(_) => log::info!("announcement withdrawn"),
+                        Err(e) => log::warn!("cannot withdraw the exit announcement: {e}"),
+                    }
+                }
+                Err(e) => log::warn!("cannot sign the announcement withdrawal: {e}"),
+            }
+        }
         self.transport.shutdown().await;
     }
 }
 
 /// Publishes the first announcement now and the next ones every
-/// [`ANNOUNCE_INTERVAL`] until `cancel`.
-async fn announce(transport: &Transport, config: &ExitConfig, cancel: CancellationToken) {
+/// [`ANNOUNCE_INTERVAL`] until `cancel`; returns the task doing so.
+async fn announce(
+    transport: &Transport,
+    config: &ExitConfig,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let publish = {
         let transport = transport.clone();
         let keys = config.keys.clone();
@@ -376,7 +410,7 @@ async fn announce(transport: &Transport, config: &ExitConfig, cancel: Cancellati
                 _ = cancel.cancelled() => return,
             }
         }
-    });
+    })
 }
 
 struct Server {

@@ -2,8 +2,9 @@
 //! (`tests/tests/hostile.rs`, `tests/tests/security.rs`): raw client probes
 //! that send exactly the bytes given, process introspection from `/proc`
 //! (open descriptors, memory, listening sockets), any command run with the
-//! `nws` "key: value ... ready" protocol (for `unshare`), and a DNS trap
-//! that records every query it is sent. Everything stays on 127.0.0.0/8.
+//! `nws` "key: value ... ready" protocol (for `unshare`), a resolver jail
+//! (a mount namespace with its own resolver files) and a DNS trap that
+//! records every query it is sent. Everything stays on 127.0.0.0/8.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -287,6 +288,59 @@ impl ReadyProcess {
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resolver jail
+// ---------------------------------------------------------------------------
+
+/// Resolver files for commands run in their own mount namespace
+/// (`unshare --mount`, needs root): `/etc/resolv.conf`,
+/// `/etc/nsswitch.conf` and `/etc/hosts` are bind-mounted over with the
+/// given texts there, and nowhere else.
+pub struct ResolverJail {
+    dir: tempfile::TempDir,
+}
+
+impl ResolverJail {
+    /// A jail with these three files.
+    pub fn new(resolv_conf: &str, nsswitch_conf: &str, hosts: &str) -> ResolverJail {
+        let dir = tempfile::tempdir().expect("temp dir for the resolver jail");
+        for (name, text) in [
+            ("resolv.conf", resolv_conf),
+            ("nsswitch.conf", nsswitch_conf),
+            ("hosts", hosts),
+        ] {
+            std::fs::write(dir.path().join(name), text).expect("write a resolver file");
+        }
+        ResolverJail { dir }
+    }
+
+    /// A jail where every lookup goes to the DNS server on `ip:53` (a
+    /// [`DnsTrap`]): `hosts: dns`, an empty hosts file, one attempt.
+    pub fn trap(ip: Ipv4Addr) -> ResolverJail {
+        Self::new(
+            &format!("nameserver {ip}\noptions attempts:1 timeout:1\n"),
+            "hosts: dns\n",
+            "",
+        )
+    }
+
+    /// `inner` (a shell command line) run in a fresh mount namespace with
+    /// the jail's files mounted over the system's.
+    pub fn command(&self, inner: &str) -> Command {
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/resolv.conf && mount --bind {} /etc/nsswitch.conf \
+                 && mount --bind {} /etc/hosts && exec {inner}",
+                file("resolv.conf"),
+                file("nsswitch.conf"),
+                file("hosts"),
+            ));
+        cmd
     }
 }
 

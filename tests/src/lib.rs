@@ -18,7 +18,7 @@ pub mod process;
 use std::convert::Infallible;
 use std::fmt;
 use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -157,9 +157,16 @@ pub struct HttpBackend {
 impl HttpBackend {
     /// Bind 127.0.0.1:0 and start serving. Must be called inside a tokio runtime.
     pub async fn start() -> HttpBackend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Like [`HttpBackend::start`] on another loopback address
+    /// (`127.0.0.2`, say: Linux routes all of 127.0.0.0/8 to `lo`; or `::1`).
+    pub async fn start_on(ip: impl Into<IpAddr>) -> HttpBackend {
+        let ip = ip.into();
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
-            .expect("bind HttpBackend on 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind HttpBackend on {ip}:0: {e}"));
         let addr = listener.local_addr().expect("local_addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
@@ -201,12 +208,12 @@ impl HttpBackend {
         }
     }
 
-    /// `http://127.0.0.1:PORT/<path>` (path with or without a leading `/`).
+    /// `http://IP:PORT/<path>` (`[IP]` for IPv6; path with or without a leading `/`).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, normalize_name(path))
     }
 
-    /// `127.0.0.1:PORT` as a string (what an exit node / CONNECT target is given).
+    /// `IP:PORT` as a string (what an exit node / CONNECT target is given).
     pub fn host_port(&self) -> String {
         self.addr.to_string()
     }

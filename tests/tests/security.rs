@@ -11,7 +11,7 @@ use std::process::Command as StdCommand;
 use std::time::Duration;
 
 use nostr_sdk::prelude::{Keys, Nip19Profile, PublicKey, RelayUrl, SecretKey, ToBech32};
-use nws_tests::hostile::{listening_sockets, probe, DnsTrap, ReadyProcess};
+use nws_tests::hostile::{listening_sockets, probe, DnsTrap, ReadyProcess, ResolverJail};
 use nws_tests::process::{nws_bin, NwsProcess};
 use nws_tests::{curl, curl_http, HttpBackend};
 use tokio::process::Command;
@@ -372,27 +372,8 @@ async fn routed_names_never_reach_the_system_resolver() {
         .await
         .expect("a DNS trap on 127.0.0.153:53 (the tests run as root)");
     let svc = Service::start(&[]).await;
-    let etc = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let p = etc.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_string()
-    };
-    let resolv = write(
-        "resolv.conf",
-        "nameserver 127.0.0.153\noptions attempts:1 timeout:1\n",
-    );
-    let nsswitch = write("nsswitch.conf", "hosts: dns\n");
-    let hosts = write("hosts", "");
-    let jail = |inner: &str| {
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-            "mount --bind {resolv} /etc/resolv.conf && mount --bind {nsswitch} /etc/nsswitch.conf \
-             && mount --bind {hosts} /etc/hosts && exec {inner}"
-        ));
-        cmd
-    };
+    let jail = ResolverJail::trap(trap.ip);
+    let jail = |inner: &str| jail.command(inner);
 
     // Control: a lookup in the jail reaches the trap (and fails).
     let control = jail("getent hosts leak-probe.example")
@@ -457,6 +438,91 @@ async fn routed_names_never_reach_the_system_resolver() {
         "resolver trap: control query seen, {} queries from the entry while reaching {} names",
         leaked.len(),
         hosts.len()
+    );
+}
+
+/// The same property for ordinary host names sent to a public exit. The
+/// entry runs in the trap jail as above, once with `--public-exits` and
+/// once pinned with `--exit npub`; the public exit runs in a jail of its own
+/// whose hosts file (`hosts: files`, no DNS) maps `leak-check.example` and
+/// `localhost` to 127.0.0.1, where the backend listens. Both names come
+/// back with the backend's page through both proxies, so the exit resolved
+/// them; the trap, which a control lookup from the entry's jail reaches,
+/// records no query from the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_for_public_exits_never_reach_the_entrys_resolver() {
+    // Its own address: the test above may run at the same time.
+    let trap = DnsTrap::start(Ipv4Addr::new(127, 0, 0, 154))
+        .await
+        .expect("a DNS trap on 127.0.0.154:53 (the tests run as root)");
+    let backend = HttpBackend::start().await;
+    let relay = NwsProcess::spawn(&["relay", "--listen", "127.0.0.1:0"]).await;
+    let url = relay.value("relay");
+    let nws = nws_bin();
+
+    let exit_jail = ResolverJail::new(
+        "nameserver 127.0.0.1\n",
+        "hosts: files\n",
+        "127.0.0.1 localhost leak-check.example\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = exit_jail.command(&format!(
+        "{} exit --relay {url} --key-file {} --public --allow-net 127.0.0.1/32",
+        nws.display(),
+        dir.path().join("exit.key").display()
+    ));
+    cmd.env("RUST_LOG", "info,nws_core=debug");
+    let exit = ReadyProcess::start(cmd)
+        .await
+        .expect("public exit in its jail");
+
+    let entry_jail = ResolverJail::trap(trap.ip);
+    let control = entry_jail
+        .command("getent hosts leak-probe.example")
+        .output()
+        .await
+        .unwrap();
+    assert!(!control.status.success(), "the control lookup succeeded");
+    assert!(
+        trap.queries().iter().any(|q| q == "leak-probe.example"),
+        "the trap saw no control query ({:?}); stderr: {}",
+        trap.queries(),
+        String::from_utf8_lossy(&control.stderr)
+    );
+    let before = trap.queries().len();
+
+    let names = ["leak-check.example", "localhost"];
+    let pinned = format!("--exit {}", exit.value("npub"));
+    for how in ["--public-exits", pinned.as_str()] {
+        let mut cmd = entry_jail.command(&format!(
+            "{} entry --no-auth --relay {url} --socks 127.0.0.1:0 --http 127.0.0.1:0 {how}",
+            nws.display(),
+        ));
+        cmd.env("RUST_LOG", "info,nws_core=debug");
+        let entry = ReadyProcess::start(cmd).await.expect("entry in the jail");
+        let socks = entry.value("socks5").to_string();
+        let http = format!("http://{}", entry.value("http"));
+        for name in names {
+            let page = format!("http://{name}:{}/hello", backend.addr.port());
+            let out = curl(&["--socks5-hostname", &socks, &page]).await;
+            assert_eq!(
+                out.stdout,
+                backend.file("hello"),
+                "{how}, SOCKS5 {page}: {out:?}\nentry log:\n{}\nexit log:\n{}",
+                entry.stderr(),
+                exit.stderr()
+            );
+            let out = curl_http(&["--proxy", &http, &page]).await;
+            assert_eq!(out.http_code, 200, "{how}, HTTP {page}: {out:?}");
+            assert_eq!(out.body, backend.file("hello"), "{how}, HTTP {page}");
+        }
+    }
+    assert_eq!(backend.request_count(), 2 * 2 * names.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leaked = &trap.queries()[before..];
+    assert!(
+        leaked.is_empty(),
+        "the entry asked the resolver: {leaked:?}"
     );
 }
 

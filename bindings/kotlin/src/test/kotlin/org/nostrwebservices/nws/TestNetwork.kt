@@ -15,7 +15,8 @@ import kotlin.concurrent.thread
 /**
  * What the tests run against, all on 127.0.0.1, started once per JVM and stopped when it exits:
  * the embedded relay (`nws relay`), a JDK HTTP server and a TCP echo server as backends, and
- * one exit (`nws exit`) in front of each backend. `nws` is the binary built from this
+ * one exit (`nws exit`) in front of each backend, plus an exit with an HTTPS front
+ * (`--https-port`) for the HTTP backend. `nws` is the binary built from this
  * checkout (`cargo build -p nws-cli`), found in the directory of the system property
  * `nws.target.dir`, like the native library.
  */
@@ -39,6 +40,13 @@ object TestNetwork {
     val httpNpub: String
     /** `.nostr` domain of the exit in front of the echo backend. */
     val echoDomain: String
+    /** `.nostr` domain of the exit with an HTTPS front on [FRONT_PORT] for the HTTP backend. */
+    val frontDomain: String
+    /** npub of the same exit. */
+    val frontNpub: String
+
+    /** The port of the HTTPS front (any port: it exists only inside the exit's names). */
+    const val FRONT_PORT = 8443
 
     private val httpServer: HttpServer
     private val echoServer: ServerSocket
@@ -90,6 +98,15 @@ object TestNetwork {
             "--backend", "127.0.0.1:${echoServer.localPort}",
         )
         echoDomain = echoExit.field("domain")
+
+        val frontExit = start(
+            "exit-front", "exit", "--relay", relayUrl,
+            "--key-file", File(dir, "front-exit.key").path,
+            "--https-port", FRONT_PORT.toString(),
+            "--https-target", "127.0.0.1:${httpServer.address.port}",
+        )
+        frontDomain = frontExit.field("domain")
+        frontNpub = frontExit.field("npub")
     }
 
     private fun echo(s: Socket) {
