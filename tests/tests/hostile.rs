@@ -923,10 +923,12 @@ async fn messages_with_unknown_types_are_ignored() {
         .await;
     net.exit_logged(&["no-such-stream", "PING for an unknown stream: dropped"])
         .await;
+    // A reverse connect whose key is not a 36-character stream key.
     let mut reverse = Message::new("reverse", MessageType::ConnectReverse);
     reverse.entry_public_address = "127.0.0.1:9".into();
     stranger.send(&reverse).await;
-    net.exit_logged(&["reverse connect is not supported"]).await;
+    net.exit_logged(&["CONNECTR from", "key of 7 bytes: dropped"])
+        .await;
 
     let mut s = PeerStream::open(RawPeer::connect(net.relay_url(), exit).await).await;
     let key = s.key();
