@@ -339,6 +339,9 @@ impl fmt::Debug for Cipher {
     }
 }
 
+/// The NIP-44 payload version byte this implementation seals and opens.
+const NIP44_VERSION: u8 = 2;
+
 impl Cipher {
     /// Derives the conversation key (ECDH of `secret_key` with `peer`, NIP-44 v2).
     pub fn derive(secret_key: &SecretKey, peer: &PublicKey) -> Result<Self, CodecError> {
@@ -362,10 +365,25 @@ impl Cipher {
     }
 
     /// Decrypts event content and parses the message inside.
+    ///
+    /// Errors: [`CodecError::Decrypt`] when the content is not base64, the payload's
+    /// version byte is not 2 (NIP-44), or the MAC does not match; [`CodecError::Json`]
+    /// when the plaintext is not a message.
     pub fn open(&self, content: &str) -> Result<Message, CodecError> {
         let payload = BASE64
             .decode(content.as_bytes())
             .map_err(|e| CodecError::Decrypt(format!("content is not base64: {e}")))?;
+        // NIP-44: the first payload byte is the version; only version 2 is ours to open.
+        // (rust-nostr's v2 decrypt checks the MAC but not this byte.)
+        match payload.first() {
+            Some(&NIP44_VERSION) => {}
+            Some(v) => {
+                return Err(CodecError::Decrypt(format!(
+                    "unsupported NIP-44 version {v} (expected {NIP44_VERSION})"
+                )))
+            }
+            None => return Err(CodecError::Decrypt("empty payload".into())),
+        }
         let plain = nip44v2::decrypt_to_bytes(&self.key, &payload)
             .map_err(|e| CodecError::Decrypt(e.to_string()))?;
         Message::from_json(&plain)
@@ -459,6 +477,27 @@ mod tests {
             cc.open("not base64!"),
             Err(CodecError::Decrypt(_))
         ));
+    }
+
+    #[test]
+    fn a_payload_with_another_version_byte_does_not_open() {
+        // Found by the nip44_open fuzz target: the MAC covers nonce and ciphertext only,
+        // so the version byte must be checked on its own.
+        let a = Keys::generate();
+        let b = Keys::generate();
+        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
+        let cb = Cipher::derive(b.secret_key(), &a.public_key()).unwrap();
+        let content = ca.seal(&Message::new("k", MessageType::Close)).unwrap();
+        let mut payload = BASE64.decode(content.as_bytes()).unwrap();
+        for version in [0u8, 1, 3, b'#'] {
+            payload[0] = version;
+            let err = cb.open(&BASE64.encode(&payload)).unwrap_err();
+            assert!(
+                err.to_string().contains("unsupported NIP-44 version"),
+                "{err}"
+            );
+        }
+        assert!(matches!(cb.open(""), Err(CodecError::Decrypt(_))));
     }
 
     #[test]
