@@ -3,6 +3,7 @@
 //! status, a listener, and a restart on the same ports after the OS took the
 //! listening sockets away (iOS does that to suspended apps).
 
+use nws_core::sync::lock;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -590,10 +591,6 @@ fn reusable_port(host: IpAddr, configured: u16, last: Option<u16>) -> u16 {
         }
         (configured, _) => configured,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

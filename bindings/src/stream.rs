@@ -6,6 +6,7 @@
 //! task on the shared runtime, and the [`NwsStream`] object reads and writes
 //! the other end.
 
+use nws_core::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -219,10 +220,6 @@ impl NwsStream {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -202,7 +202,8 @@ struct EntryArgs {
     #[arg(long)]
     public_exits: bool,
     /// Send hosts that are not NWS names through this exit (npub or nprofile).
-    #[arg(long)]
+    /// Not with --public-exits: a pinned exit is the only one used.
+    #[arg(long, conflicts_with = "public_exits")]
     exit: Option<String>,
     /// Reverse connect: listen on HOST:PORT and have exits connect there
     /// (CONNECTR); the stream's bytes then travel over plain TCP, not Nostr.

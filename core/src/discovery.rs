@@ -9,6 +9,7 @@
 //! exits whose latest announcement is fresh ([`is_fresh`]); it picks one per
 //! stream, in turn, and avoids for a while an exit that just failed.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -249,10 +250,6 @@ impl Directory {
     pub fn mark_failed(&self, exit: PublicKey) {
         lock(&self.failed).insert(exit, Instant::now());
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! `CONNECT` and kept while it has streams open; every stream runs in its own
 //! task through the shared [`driver`](crate::driver).
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -855,10 +856,6 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
             f();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -17,5 +17,6 @@ pub mod nip11;
 pub mod policy;
 pub mod protocol;
 pub mod relay;
+pub mod sync;
 pub mod tls;
 pub mod transport;

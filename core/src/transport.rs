@@ -11,6 +11,7 @@
 //! Relays that drop the connection are reconnected by the pool every
 //! [`RETRY_INTERVAL`], and their subscriptions are sent again.
 
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -475,11 +476,6 @@ impl Default for Transport {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means another task panicked mid-update of plain maps.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn run_router(

@@ -25,10 +25,11 @@
 //! # }
 //! ```
 
+use nws_core::sync::lock;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -336,12 +337,6 @@ impl Counters {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::SeqCst);
-}
-
-/// Locks a std mutex, ignoring poisoning (the data stays consistent: every critical
-/// section is a plain assignment or a few RNG draws).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Which way a frame travels.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nostr_sdk::prelude::{FromBech32, Nip19Profile, PublicKey, RelayUrl};
+use nostr_sdk::prelude::{FromBech32, Keys, Nip19Profile, PublicKey, RelayUrl, ToBech32};
 use nws_tests::process::NwsProcess;
 use nws_tests::{curl, curl_http, free_port, socks_code, HttpBackend, HELLO_BODY};
 
@@ -437,6 +437,28 @@ async fn bad_exit_value_is_refused_at_start() {
             "--exit {bad}: {stderr}"
         );
     }
+}
+
+/// `--exit` pins the only exit used, so asking for discovery too is a usage
+/// error (clap's exit code 2) naming both options, not a silent choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_exit_and_discovery_together_are_refused() {
+    let npub = Keys::generate().public_key().to_bech32().unwrap();
+    let out = tokio::process::Command::new(nws_tests::process::nws_bin())
+        .args(["entry", "--no-auth", "--public-exits", "--exit", &npub])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("nws entry did not stop")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--exit") && stderr.contains("--public-exits"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
 }
 
 /// Runs `nws entry` expecting it to stop at start: exit code 1, no

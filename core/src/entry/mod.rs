@@ -12,6 +12,7 @@ pub mod http;
 mod reverse;
 pub mod socks5;
 
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -707,10 +708,6 @@ impl ExitSubscriptions {
             .await?;
         Ok(sub.keys.clone())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An open NWS stream, ready to be joined to a local socket with

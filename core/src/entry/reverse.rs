@@ -6,6 +6,7 @@
 //! on the application's bytes cross that connection as they are: plain TCP,
 //! no Nostr, no encryption added.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -97,8 +98,4 @@ impl Reverse {
     pub(crate) fn forget(&self, key: &str) {
         lock(&self.pending).remove(key);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
