@@ -11,5 +11,6 @@ cargo test --workspace --all-targets "$@"
 # The Kotlin bindings on the JVM (bindings/kotlin): the generated Kotlin, loaded with JNA,
 # against target/debug/libnws.so and a relay, exits and backends run by the tests from
 # target/debug/nws.
-cargo build -p nws-cli -p nws-bindings
+# (--workspace: the same feature set as the tests above, so nothing is rebuilt.)
+cargo build --workspace
 mvn -B -ntp -f bindings/kotlin/pom.xml test

@@ -19,11 +19,14 @@ pub fn nws_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let root = workspace_root();
         let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "-p", "nws-cli", "--bin", "nws"])
+            // `--workspace` resolves features as `cargo test --workspace` does, so
+            // this build reuses its artifacts instead of rebuilding ring and rustls
+            // with another feature set.
+            .args(["build", "--quiet", "--workspace", "--bin", "nws"])
             .current_dir(&root)
             .status()
             .expect("cannot run cargo build for the nws binary");
-        assert!(status.success(), "cargo build -p nws-cli failed");
+        assert!(status.success(), "cargo build --workspace --bin nws failed");
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| root.join("target"));
