@@ -514,13 +514,15 @@ impl Server {
         }
         match msg.kind {
             MessageType::Connect => self.accept(author, cipher, msg).await,
-            MessageType::ConnectReverse => self.accept_reverse(author, msg),
+            MessageType::ConnectReverse => self.accept_reverse(author, cipher, msg),
             kind => log::debug!("stream {}: {kind} for an unknown stream: dropped", msg.key),
         }
     }
 
-    /// Starts serving a `CONNECTR` if the entry is admitted.
-    fn accept_reverse(&self, author: PublicKey, msg: Message) {
+    /// Starts serving a `CONNECTR` if the entry is admitted. A version-2
+    /// entry (`version` on its `CONNECTR`) hears of a refusal or failure as
+    /// an `ERROR` with the reason; a legacy entry only sees no connection.
+    fn accept_reverse(&self, author: PublicKey, cipher: Cipher, msg: Message) {
         if msg.key.len() != 36 {
             log::warn!(
                 "CONNECTR from {author} with a key of {} bytes: dropped",
@@ -528,11 +530,21 @@ impl Server {
             );
             return;
         }
+        let answer = (msg.version.is_some() && !self.config.legacy).then(|| Link {
+            transport: self.transport.clone(),
+            keys: self.config.keys.clone(),
+            peer: author,
+            cipher,
+            relays: self.config.relays.clone(),
+        });
         if let Some(reason) = self.admission(&author) {
             log::warn!(
                 "reverse stream {} from {author}: refused ({reason})",
                 msg.key
             );
+            if let Some(link) = answer {
+                tokio::spawn(async move { refuse_reverse(&link, &msg.key, reason).await });
+            }
             return;
         }
         let config = self.config.clone();
@@ -543,8 +555,11 @@ impl Server {
             let key = msg.key.clone();
             tokio::select! {
                 r = serve_reverse(&config, tls.as_ref(), msg) => {
-                    if let Err(e) = r {
+                    if let Err((reason, e)) = r {
                         log::info!("reverse stream {key}: {e}");
+                        if let Some(link) = answer {
+                            refuse_reverse(&link, &key, reason).await;
+                        }
                     }
                 }
                 _ = cancel.cancelled() => {}
@@ -799,20 +814,32 @@ async fn serve_stream(
 /// How long a `CONNECTR` may take to reach the entry and get its `0x01`.
 const REVERSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one `CONNECTR`: dials the entry's public address (checked against
-/// the egress policy), writes the stream key, waits for `0x01`, opens the
-/// destination and copies bytes both ways.
+/// Serves one `CONNECTR`: opens the destination as for a `CONNECT`, dials
+/// the entry's public address (checked against the egress policy), writes
+/// the stream key, waits for `0x01` and copies bytes both ways. Fails, before
+/// any byte is copied, with the reason to send a version-2 entry and a line
+/// for the log.
 async fn serve_reverse(
     config: &ExitConfig,
     tls: Option<&tokio_rustls::TlsAcceptor>,
     msg: Message,
-) -> Result<(), String> {
+) -> Result<(), (ErrorReason, String)> {
     let key = &msg.key;
-    let (host, port) = split_host_port(&msg.entry_public_address)
-        .ok_or_else(|| format!("bad entryPublicAddress `{}`", msg.entry_public_address))?;
+    let (host, port) = split_host_port(&msg.entry_public_address).ok_or_else(|| {
+        (
+            ErrorReason::ProtocolError,
+            format!("bad entryPublicAddress `{}`", msg.entry_public_address),
+        )
+    })?;
+    let mut local = open_target(config, tls, &msg.destination, key)
+        .await
+        .map_err(|r| (r.clone(), format!("destination `{}`: {r}", msg.destination)))?;
     let mut entry = dial_checked(&config.egress, &host, port, config.connect_timeout, key)
         .await
-        .map_err(|r| format!("entry address {}: {r}", msg.entry_public_address))?;
+        .map_err(|r| {
+            let line = format!("entry address {}: {r}", msg.entry_public_address);
+            (r, line)
+        })?;
     let handshake = async {
         entry.write_all(key.as_bytes()).await?;
         let mut ok = [0u8; 1];
@@ -821,19 +848,31 @@ async fn serve_reverse(
     };
     match tokio::time::timeout(REVERSE_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(1)) => {}
-        Ok(Ok(b)) => return Err(format!("entry answered {b:#04x}, not 0x01")),
-        Ok(Err(e)) => return Err(format!("entry handshake: {e}")),
-        Err(_) => return Err("entry handshake timed out".into()),
+        Ok(Ok(b)) => {
+            return Err((
+                ErrorReason::ProtocolError,
+                format!("entry answered {b:#04x}, not 0x01"),
+            ))
+        }
+        Ok(Err(e)) => return Err((ErrorReason::from_io(&e), format!("entry handshake: {e}"))),
+        Err(_) => return Err((ErrorReason::Timeout, "entry handshake timed out".into())),
     }
-    let mut local = open_target(config, tls, &msg.destination, key)
-        .await
-        .map_err(|r| format!("destination `{}`: {r}", msg.destination))?;
     log::debug!(
         "stream {key}: reverse connection open to `{}`",
         msg.destination
     );
     let _ = tokio::io::copy_bidirectional(&mut entry, &mut local).await;
     Ok(())
+}
+
+/// Tells a version-2 entry that its `CONNECTR` failed: one `ERROR` with
+/// `reason`, published once (if the relays lose it, the entry times out).
+async fn refuse_reverse(link: &Link, key: &str, reason: ErrorReason) {
+    let mut m = Message::new(key, MessageType::Error);
+    m.reason = Some(reason.as_str().to_string());
+    if let Err(e) = link.send(&m).await {
+        log::warn!("reverse stream {key}: cannot send ERROR {reason}: {e}");
+    }
 }
 
 /// Publishes whatever the engine queued (used when the stream ends early).

@@ -246,6 +246,117 @@ async fn reverse_connect_end_to_end() {
     );
 }
 
+/// A reverse connect that fails at the exit comes back as the exit's
+/// `ERROR` (the entry's `CONNECTR` carries `version: 2`), not as a timeout:
+/// a backend that refuses connections is SOCKS5 reply 5 / HTTP 502, and an
+/// entry address the exit's egress policy refuses (loopback, no
+/// `--allow-net`) is reply 2 / HTTP 403. The connect timeout is 60 s, so a
+/// timeout would be reply 4 / HTTP 504 (and a minute late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_connect_failures_come_back_as_the_exits_reason() {
+    let backend = HttpBackend::start().await;
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let closed = format!("127.0.0.1:{}", free_port());
+    let refusing_backend = exit(
+        &url,
+        &dir_a,
+        &["--backend", &closed, "--allow-net", "127.0.0.1/32"],
+    )
+    .await;
+    let refusing_entry_address = exit(&url, &dir_b, &["--backend", &backend.host_port()]).await;
+    let public = format!("127.0.0.1:{}", free_port());
+    let entry = entry(
+        &url,
+        &["--public-address", &public, "--connect-timeout", "60"],
+    )
+    .await;
+    let proxy = format!("http://{}", entry.value("http"));
+
+    let page = format!("http://{}/hello", refusing_backend.value("domain"));
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+    assert_eq!(
+        socks_code(&out.stderr),
+        Some(5),
+        "{out:?}
+{}",
+        entry.stderr()
+    );
+    let out = curl_http(&["--proxy", &proxy, &page]).await;
+    assert_eq!(out.http_code, 502, "{out:?}");
+
+    let page = format!("http://{}/hello", refusing_entry_address.value("domain"));
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+    assert_eq!(
+        socks_code(&out.stderr),
+        Some(2),
+        "{out:?}
+{}",
+        entry.stderr()
+    );
+    let out = curl_http(&["--proxy", &proxy, &page]).await;
+    assert_eq!(out.http_code, 403, "{out:?}");
+    assert!(
+        refusing_entry_address
+            .stderr()
+            .contains(&format!("entry address {public}")),
+        "{}",
+        refusing_entry_address.stderr()
+    );
+    assert_eq!(backend.request_count(), 0);
+    let log = entry.stderr();
+    assert_eq!(
+        log.matches("the exit refused the reverse connect").count(),
+        4,
+        "{log}"
+    );
+}
+
+/// Toward an exit named with `--legacy-exit` the entry's `CONNECTR` has no
+/// `version`, as the reference sends it, so the exit does not answer a
+/// failure (a reference entry would not expect an `ERROR`): the entry
+/// times out (SOCKS5 reply 4) while the exit logs why it gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_connect_to_a_legacy_exit_fails_by_timeout() {
+    let relay = relay().await;
+    let url = relay.value("relay").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let exit = exit(
+        &url,
+        &dir,
+        &["--backend", &closed, "--allow-net", "127.0.0.1/32"],
+    )
+    .await;
+    let public = format!("127.0.0.1:{}", free_port());
+    let entry = entry(
+        &url,
+        &[
+            "--public-address",
+            &public,
+            "--connect-timeout",
+            "3",
+            "--legacy-exit",
+            exit.value("npub"),
+        ],
+    )
+    .await;
+    let page = format!("http://{}/hello", exit.value("domain"));
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
+    assert_eq!(
+        socks_code(&out.stderr),
+        Some(4),
+        "{out:?}
+{}",
+        entry.stderr()
+    );
+    assert!(exit.stderr().contains("destination `"), "{}", exit.stderr());
+    assert!(!entry
+        .stderr()
+        .contains("the exit refused the reverse connect"));
+}
+
 /// Asserts `page` is refused by the exit's egress policy through both
 /// proxies of `entry`: SOCKS5 reply 2 and HTTP 403.
 async fn assert_refused(entry: &NwsProcess, page: &str) {

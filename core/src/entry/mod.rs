@@ -381,54 +381,7 @@ impl Entry {
                 .await?;
             return Ok((stream, 0));
         }
-        let pool_err = |e: crate::protocol::CodecError| TransportError::Pool(e.to_string());
-        let (keys, cipher, mut inbox, guard): (_, _, _, Box<dyn std::any::Any + Send>) =
-            match &self.demux {
-                None => {
-                    // A fresh key per stream: relays and exits cannot link streams.
-                    let keys = Keys::generate();
-                    let cipher =
-                        Cipher::derive(keys.secret_key(), &exit.public_key).map_err(pool_err)?;
-                    let rx = self.transport.route(keys.public_key());
-                    let mut guard = RouteGuard {
-                        transport: self.transport.clone(),
-                        recipient: keys.public_key(),
-                        keys: Arc::default(),
-                    };
-                    guard.keys = self
-                        .subscriptions
-                        .add(&self.transport, exit.public_key, &relays, keys.public_key())
-                        .await?;
-                    let inbox = Inbox::Events {
-                        rx,
-                        cipher: cipher.clone(),
-                        peer: exit.public_key,
-                    };
-                    (keys, cipher, inbox, Box::new(guard))
-                }
-                Some(demux) => {
-                    let cipher = demux.cipher_for(&exit.public_key).map_err(pool_err)?;
-                    let rx = demux.register(&key);
-                    self.subscriptions
-                        .add(
-                            &self.transport,
-                            exit.public_key,
-                            &relays,
-                            demux.keys.public_key(),
-                        )
-                        .await?;
-                    let guard = DemuxGuard {
-                        demux: demux.clone(),
-                        key: key.clone(),
-                    };
-                    (
-                        demux.keys.clone(),
-                        cipher,
-                        Inbox::Messages(rx),
-                        Box::new(guard),
-                    )
-                }
-            };
+        let (keys, cipher, mut inbox, guard) = self.answers(exit, &relays, &key).await?;
 
         let dialect =
             if self.config.legacy_all || self.config.legacy_exits.contains(&exit.public_key) {
@@ -497,8 +450,73 @@ impl Entry {
         Ok((stream, taken))
     }
 
+    /// The key, cipher and inbox for a stream's answers from `exit`, and
+    /// the guard that keeps its route and subscription while it lives: a
+    /// fresh key per stream, or the persistent key's demultiplexer.
+    async fn answers(
+        &self,
+        exit: &ExitAddress,
+        relays: &[RelayUrl],
+        key: &str,
+    ) -> Result<StreamAnswers, OpenError> {
+        let pool_err = |e: crate::protocol::CodecError| TransportError::Pool(e.to_string());
+        let answers: StreamAnswers = match &self.demux {
+            None => {
+                // A fresh key per stream: relays and exits cannot link streams.
+                let keys = Keys::generate();
+                let cipher =
+                    Cipher::derive(keys.secret_key(), &exit.public_key).map_err(pool_err)?;
+                let rx = self.transport.route(keys.public_key());
+                let mut guard = RouteGuard {
+                    transport: self.transport.clone(),
+                    recipient: keys.public_key(),
+                    keys: Arc::default(),
+                };
+                guard.keys = self
+                    .subscriptions
+                    .add(&self.transport, exit.public_key, relays, keys.public_key())
+                    .await?;
+                let inbox = Inbox::Events {
+                    rx,
+                    cipher: cipher.clone(),
+                    peer: exit.public_key,
+                };
+                (keys, cipher, inbox, Box::new(guard))
+            }
+            Some(demux) => {
+                let cipher = demux.cipher_for(&exit.public_key).map_err(pool_err)?;
+                let rx = demux.register(key);
+                self.subscriptions
+                    .add(
+                        &self.transport,
+                        exit.public_key,
+                        relays,
+                        demux.keys.public_key(),
+                    )
+                    .await?;
+                let guard = DemuxGuard {
+                    demux: demux.clone(),
+                    key: key.to_string(),
+                };
+                (
+                    demux.keys.clone(),
+                    cipher,
+                    Inbox::Messages(rx),
+                    Box::new(guard),
+                )
+            }
+        };
+        Ok(answers)
+    }
+
     /// Opens a stream by reverse connect: publishes `CONNECTR` and waits
     /// for the exit to dial the public address with the stream's key.
+    ///
+    /// Toward an exit not marked legacy the `CONNECTR` carries `version: 2`,
+    /// and an `ERROR` the exit sends back (refused entry, destination or
+    /// entry address that failed) ends the wait at once with
+    /// [`OpenError::Refused`]; a legacy exit never answers, so its failures
+    /// are an [`OpenError::Timeout`] after `connect_timeout`.
     async fn open_reverse(
         &self,
         rev: &reverse::Reverse,
@@ -507,12 +525,7 @@ impl Entry {
         key: String,
         destination: String,
     ) -> Result<NwsStream, OpenError> {
-        let pool_err = |e: crate::protocol::CodecError| TransportError::Pool(e.to_string());
-        let keys = match &self.config.keys {
-            Some(k) => k.clone(),
-            None => Keys::generate(),
-        };
-        let cipher = Cipher::derive(keys.secret_key(), &exit.public_key).map_err(pool_err)?;
+        let (keys, cipher, mut inbox, _guard) = self.answers(exit, &relays, &key).await?;
         let link = Link {
             transport: self.transport.clone(),
             keys,
@@ -523,14 +536,32 @@ impl Entry {
         let mut msg = Message::new(key.clone(), MessageType::ConnectReverse);
         msg.destination = destination;
         msg.entry_public_address = rev.addr().to_string();
+        if !(self.config.legacy_all || self.config.legacy_exits.contains(&exit.public_key)) {
+            msg.version = Some(crate::protocol::PROTOCOL_VERSION);
+        }
         let waiting = rev.expect(&key);
         link.send(&msg).await?;
         let timeout = self.config.connect_timeout;
-        let socket = match tokio::time::timeout(timeout, waiting).await {
-            Ok(Ok(s)) => s,
-            _ => {
+        let refusal = async {
+            while let Some(m) = inbox.next().await {
+                if m.key == key && m.kind == MessageType::Error {
+                    return ErrorReason::parse(m.reason.as_deref().unwrap_or(""));
+                }
+            }
+            std::future::pending().await
+        };
+        let socket = tokio::select! {
+            r = tokio::time::timeout(timeout, waiting) => match r {
+                Ok(Ok(s)) => s,
+                _ => {
+                    rev.forget(&key);
+                    return Err(OpenError::Timeout(timeout));
+                }
+            },
+            reason = refusal => {
                 rev.forget(&key);
-                return Err(OpenError::Timeout(timeout));
+                log::info!("stream {key}: the exit refused the reverse connect ({reason})");
+                return Err(OpenError::Refused(reason));
             }
         };
         log::debug!("stream {key}: reverse connection from the exit");
@@ -574,6 +605,10 @@ impl Entry {
         self.transport.shutdown().await;
     }
 }
+
+/// What [`Entry::answers`] gives a stream: its key, cipher, inbox, and the
+/// guard that keeps its route while it lives.
+type StreamAnswers = (Keys, Cipher, Inbox, Box<dyn std::any::Any + Send>);
 
 /// Removes a stream's route, and its key from the shared subscription, when
 /// the stream is dropped.
