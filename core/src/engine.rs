@@ -233,6 +233,13 @@ struct Send {
     rtt: Rtt,
     /// Consecutive timeouts without progress (exponential backoff).
     backoff: u32,
+    /// Offset of the zero-window probe byte in flight, if one is: sent past
+    /// a closed window, the receiver most likely dropped it.
+    probe_at: Option<u64>,
+    /// Consecutive timeouts without progress that fired while the peer's
+    /// window was open and the path up: only these say that segments may
+    /// be too large (a zero-window probe's timeouts do not).
+    lost_timeouts: u32,
     rto_deadline: Option<Instant>,
     /// When acknowledgements last made progress (for giving up).
     progress_at: Instant,
@@ -414,6 +421,8 @@ impl Stream {
             good_acks: 0,
             rtt: Rtt::new(config.initial_rto),
             backoff: 0,
+            lost_timeouts: 0,
+            probe_at: None,
             rto_deadline: None,
             progress_at: now,
             max_segment: config.max_segment.max(1),
@@ -1050,6 +1059,7 @@ impl Stream {
         if ack > s.acked {
             s.acked = ack;
             s.backoff = 0;
+            s.lost_timeouts = 0;
             s.progress_at = now;
             s.good_acks += 1;
             let mut newest = None;
@@ -1083,6 +1093,36 @@ impl Stream {
                 s.good_acks = 0;
             }
         }
+        let mut resend_probe = false;
+        if let Some(p) = s.probe_at {
+            if s.acked > p {
+                s.probe_at = None;
+            } else if s.peer_edge > p {
+                // The window reopened over the probe byte, which the receiver
+                // dropped while it was closed: send it again now rather than
+                // after a retransmission timeout (the data sent after it
+                // would wait behind the gap), and forget the probe's
+                // timeouts, which were no loss.
+                s.probe_at = None;
+                s.backoff = 0;
+                s.lost_timeouts = 0;
+                if let Some(seg) = s.in_flight.front_mut().filter(|seg| seg.offset == p) {
+                    seg.sent_at = now;
+                    seg.retransmitted = true;
+                    resend_probe = true;
+                }
+            }
+        }
+        if resend_probe {
+            if let Some(seg) = self.send.in_flight.front() {
+                let msg = self.segment_message(seg);
+                self.send.segments_resent += 1;
+                self.send.rto_deadline = Some(now + self.send.rtt.rto);
+                self.out.push_back(Output::Publish(msg));
+                self.acknowledged_in_data();
+            }
+        }
+        let s = &mut self.send;
         if !sack.is_empty() {
             for seg in s.in_flight.iter_mut() {
                 if !seg.sacked && sack.iter().any(|r| r[0] <= seg.offset && seg.end() <= r[1]) {
@@ -1147,8 +1187,13 @@ impl Stream {
         // Big events that keep vanishing while relays take them may exceed a
         // relay's size limit (some relays drop them without an answer): try
         // smaller ones.
+        // A timeout while the window is closed is a zero-window probe's
+        // (the receiver drops the probe byte): it says nothing of size.
         let window_closed = self.send.peer_edge <= self.send.acked;
-        if self.send.backoff >= SHRINK_AFTER_TIMEOUTS && !self.send.path_down && !window_closed {
+        if !self.send.path_down && !window_closed {
+            self.send.lost_timeouts += 1;
+        }
+        if self.send.lost_timeouts >= SHRINK_AFTER_TIMEOUTS {
             let smaller = (self.send.max_segment / 2).max(self.config.min_segment);
             if smaller < self.send.max_segment {
                 log::info!(
@@ -1309,6 +1354,7 @@ impl Stream {
                     // with the current window even if a window update was
                     // lost (TCP's persist timer).
                     let probe: Vec<u8> = self.send.unsent.drain(..1).collect();
+                    self.send.probe_at = Some(self.send.next_offset);
                     self.push_segment(probe, false, now);
                 }
                 break;

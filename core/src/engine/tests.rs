@@ -566,6 +566,31 @@ struct Transfer {
     messages: u64,
     /// Most bytes delivered and not yet read, on either side.
     peak_undelivered: u64,
+    /// Simulated time from the start until each side had read everything.
+    read_all_at: [Duration; 2],
+    /// Simulated time at which each side's reader left its slow phase.
+    slow_ended_at: [Option<Duration>; 2],
+    /// Each side's largest segment when the transfer ended, in bytes.
+    max_segment_at_end: [usize; 2],
+}
+
+/// A slow application reader: `chunk` bytes every `period`, for its first
+/// `slow_for` bytes; then it reads everything at once.
+#[derive(Clone, Copy)]
+struct Reader {
+    chunk: usize,
+    period: Duration,
+    slow_for: usize,
+}
+
+impl Reader {
+    fn slow(chunk: usize, period: Duration) -> Self {
+        Self {
+            chunk,
+            period,
+            slow_for: usize::MAX,
+        }
+    }
 }
 
 /// Sends `data[0]` from entry to exit and `data[1]` back, both finishing,
@@ -574,14 +599,13 @@ fn transfer(seed: u64, net: Net, config: StreamConfig, data: [Vec<u8>; 2]) -> Tr
     transfer_with_reader(seed, net, config, data, None)
 }
 
-/// [`transfer`], with local readers that take at most `reader.0` bytes
-/// every `reader.1` (a slow application) when given.
+/// [`transfer`], with slow local readers ([`Reader`]) when given.
 fn transfer_with_reader(
     seed: u64,
     net: Net,
     config: StreamConfig,
     data: [Vec<u8>; 2],
-    reader: Option<(usize, Duration)>,
+    reader: Option<Reader>,
 ) -> Transfer {
     let t0 = Instant::now();
     let mut sim = Sim {
@@ -602,7 +626,9 @@ fn transfer_with_reader(
     let mut held: [VecDeque<u8>; 2] = [VecDeque::new(), VecDeque::new()];
     let mut next_read = [t0, t0];
     let mut peak_undelivered = 0u64;
-    for _step in 0..400_000 {
+    let mut read_all_at = [Duration::ZERO; 2];
+    let mut slow_ended_at = [None; 2];
+    for _step in 0..4_000_000 {
         // The applications write what the engines take, then finish.
         for i in 0..2 {
             let s = &mut ends[i];
@@ -644,15 +670,28 @@ fn transfer_with_reader(
                 }
             }
         }
-        if let Some((chunk, period)) = reader {
+        if let Some(r) = reader {
             for i in 0..2 {
                 peak_undelivered = peak_undelivered.max(ends[i].undelivered_bytes());
-                if !held[i].is_empty() && sim.now >= next_read[i] {
-                    let n = chunk.min(held[i].len());
+                let fast = got[i].len() >= r.slow_for;
+                if fast && slow_ended_at[i].is_none() {
+                    slow_ended_at[i] = Some(sim.now - t0);
+                }
+                if !held[i].is_empty() && (fast || sim.now >= next_read[i]) {
+                    let n = if fast {
+                        held[i].len()
+                    } else {
+                        r.chunk.min(held[i].len())
+                    };
                     got[i].extend(held[i].drain(..n));
                     ends[i].consumed(n);
-                    next_read[i] = sim.now + period;
+                    next_read[i] = sim.now + r.period;
                 }
+            }
+        }
+        for i in 0..2 {
+            if got[i].len() < data[1 - i].len() {
+                read_all_at[i] = sim.now - t0;
             }
         }
         if ends.iter().all(|s| s.is_closed()) && held.iter().all(|h| h.is_empty()) {
@@ -696,6 +735,9 @@ fn transfer_with_reader(
         peak_buffered: sim.peak_buffered,
         messages: sim.messages,
         peak_undelivered,
+        read_all_at,
+        slow_ended_at,
+        max_segment_at_end: [ends[0].max_segment(), ends[1].max_segment()],
     }
 }
 
@@ -902,7 +944,7 @@ fn a_slow_reader_closes_the_window_and_loses_nothing() {
             },
             sim_config(),
             [up.clone(), down.clone()],
-            Some((500, Duration::from_millis(50))),
+            Some(Reader::slow(500, Duration::from_millis(50))),
         );
         assert!(t.got[1] == up, "seed {seed} loss {loss}: up differs");
         assert!(t.got[0] == down, "seed {seed} loss {loss}: down differs");
@@ -1032,4 +1074,153 @@ mod prop {
             super::check(seed, loss, len);
         }
     }
+}
+
+#[test]
+fn a_reader_that_was_slow_gets_full_speed_back() {
+    // Default limits; the entry's reader takes 4 KiB every 53 ms (75 KiB/s)
+    // for its first 4 MiB, then reads as fast as data comes. While it is
+    // slow the window stays closed for seconds at a time, so zero-window
+    // probes time out again and again; that must not be taken for loss
+    // (segments halved, as a relay's silent size limit would have them).
+    // Once fast, the rest must come as fast as on a fresh stream.
+    let down = random_bytes(11, 12 << 20);
+    let t = transfer_with_reader(
+        11,
+        Net {
+            loss: 0.0,
+            dup: 0.0,
+            max_delay_ms: 5,
+        },
+        StreamConfig::default(),
+        [Vec::new(), down.clone()],
+        Some(Reader {
+            chunk: 4 * 1024,
+            period: Duration::from_millis(53),
+            slow_for: 4 << 20,
+        }),
+    );
+    assert!(t.got[0] == down, "down differs");
+    let slow_end = t.slow_ended_at[0].expect("the slow phase ended");
+    let fast = t.read_all_at[0] - slow_end;
+    // The same 8 MiB on a fresh stream with a fast reader, in simulated
+    // time (the simulated writer, not the window, sets this pace).
+    let rest = down[4 << 20..].to_vec();
+    let net = Net {
+        loss: 0.0,
+        dup: 0.0,
+        max_delay_ms: 5,
+    };
+    let fresh = transfer_with_reader(11, net, StreamConfig::default(), [Vec::new(), rest], None);
+    eprintln!(
+        "slow phase {:.1} s, then 8 MiB in {:.2} s (a fresh stream: {:.2} s); exit segment {} bytes",
+        slow_end.as_secs_f64(),
+        fast.as_secs_f64(),
+        fresh.read_all_at[0].as_secs_f64(),
+        t.max_segment_at_end[1],
+    );
+    assert_eq!(t.max_segment_at_end[1], StreamConfig::default().max_segment);
+    // Still paced by the slow phase, the 8 MiB would take ~27 s.
+    assert!(
+        fast.as_secs_f64() < 1.5 * fresh.read_all_at[0].as_secs_f64(),
+        "the fast phase took {fast:?}"
+    );
+}
+
+#[test]
+fn probe_timeouts_are_no_loss_and_a_reopened_window_resends_the_probe() {
+    // The reader stalls long enough for several zero-window probes to time
+    // out (the receiver drops each probe byte), then reads a quarter window:
+    // its window update reopens the window over the dropped probe. The
+    // writer must send the probe byte again at once, and the probe timeouts
+    // must not count as loss: a timeout that fires before the new data is
+    // acknowledged (a slow round trip) must not halve the segments, as it
+    // did when probe timeouts counted toward the size-limit guess.
+    let t0 = Instant::now();
+    let c = StreamConfig {
+        max_segment: 100,
+        min_segment: 10,
+        window: 1000,
+        ..Default::default()
+    };
+    let (mut entry, mut exit) = open_pair(c, t0);
+    let data = random_bytes(12, 3000);
+    assert_eq!(entry.write(&data, t0).unwrap(), 3000);
+    let mut got = Vec::new();
+    let mut now = t0;
+    let step = |entry: &mut Stream, exit: &mut Stream, now: Instant, got: &mut Vec<u8>| {
+        for m in published(&drain(entry)) {
+            exit.handle_message(m, now).unwrap();
+        }
+        // Not `drain`: this reader reads only when the test says so.
+        let outs: Vec<Output> = std::iter::from_fn(|| exit.poll_output()).collect();
+        got.extend(delivered(&outs));
+        for m in published(&outs) {
+            entry.handle_message(m, now).unwrap();
+        }
+    };
+    // The window fills, then probes time out while the reader sleeps.
+    while now < t0 + Duration::from_secs(30) {
+        step(&mut entry, &mut exit, now, &mut got);
+        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        now = t;
+        entry.handle_timeout(now);
+        exit.handle_timeout(now);
+    }
+    step(&mut entry, &mut exit, now, &mut got);
+    assert_eq!(got.len(), 1000);
+    assert_eq!(entry.send.probe_at, Some(1000));
+    assert!(entry.send.backoff >= 4, "backoff {}", entry.send.backoff);
+    // The reader takes a quarter window: the update reopens it.
+    exit.consumed(250);
+    let update = published(&drain(&mut exit));
+    assert_eq!(update.len(), 1);
+    assert_eq!((update[0].ack, update[0].window), (Some(1000), Some(250)));
+    entry.handle_message(update[0].clone(), now).unwrap();
+    let sent = published(&drain(&mut entry));
+    assert_eq!(
+        sent.iter()
+            .map(|m| (m.seq.unwrap_or(0), m.data.len()))
+            .collect::<Vec<_>>(),
+        [(1000, 1), (1001, 100), (1101, 100)],
+        "the probe byte again, then what the window allows"
+    );
+    assert_eq!((entry.send.backoff, entry.send.lost_timeouts), (0, 0));
+    // None of it is acknowledged before the retransmission timeout fires
+    // (a slow round trip): one timeout with the window open is no reason
+    // to shrink the segments.
+    now = entry.poll_timeout().unwrap();
+    entry.handle_timeout(now);
+    drain(&mut entry);
+    assert_eq!(entry.max_segment(), 100);
+    // Everything arrives, in order, once.
+    for m in sent {
+        exit.handle_message(m, now).unwrap();
+    }
+    for _ in 0..10_000 {
+        step(&mut entry, &mut exit, now, &mut got);
+        let n = exit.undelivered_bytes() as usize;
+        exit.consumed(n);
+        if got.len() == data.len() {
+            break;
+        }
+        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        now = t;
+        entry.handle_timeout(now);
+        exit.handle_timeout(now);
+    }
+    assert!(got == data);
+    assert_eq!(entry.max_segment(), 100);
 }
