@@ -38,6 +38,8 @@ for t in "${targets[@]}"; do
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
         -print_final_stats=1 2>"$scratch/$t.log"; then
         tail -n 60 "$scratch/$t.log" >&2
+        # libFuzzer's random seed, to replay the same run: -seed=N.
+        grep -m1 -E "^INFO: Seed: [0-9]+" "$scratch/$t.log" >&2 || true
         for f in artifacts/"$t"/*; do
             [ -f "$f" ] || continue
             echo "==> $t: failing input $f (base64): $(base64 -w0 "$f")" >&2
@@ -45,6 +47,6 @@ for t in "${targets[@]}"; do
         echo "==> $t FAILED: turn the input into a regression (fuzz/README.md)" >&2
         exit 1
     fi
-    grep -E "stat::number_of_executed_units|stat::peak_rss_mb|cov: .*DONE|Done [0-9]+ runs" "$scratch/$t.log" | tail -n 3 >&2 || true
+    grep -E "^INFO: Seed: [0-9]+|stat::number_of_executed_units|stat::peak_rss_mb|cov: .*DONE|Done [0-9]+ runs" "$scratch/$t.log" | tail -n 4 >&2 || true
     echo "==> $t: $(ls "$scratch/$t" | wc -l) new inputs, no failure" >&2
 done
