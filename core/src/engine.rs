@@ -593,9 +593,8 @@ impl Stream {
             return;
         }
         if self.dialect == Dialect::V2 {
-            let mut m = Message::new(self.key.clone(), MessageType::Error);
-            m.reason = Some(reason.as_str().to_string());
-            self.out.push_back(Output::Publish(m));
+            self.out
+                .push_back(Output::Publish(Message::error(self.key.clone(), &reason)));
         }
         self.state = State::Closed;
     }
@@ -1093,7 +1092,6 @@ impl Stream {
                 s.good_acks = 0;
             }
         }
-        let mut resend_probe = false;
         if let Some(p) = s.probe_at {
             if s.acked > p {
                 s.probe_at = None;
@@ -1106,20 +1104,11 @@ impl Stream {
                 s.probe_at = None;
                 s.backoff = 0;
                 s.lost_timeouts = 0;
-                if let Some(seg) = s.in_flight.front_mut().filter(|seg| seg.offset == p) {
-                    seg.sent_at = now;
-                    seg.retransmitted = true;
-                    resend_probe = true;
+                if s.in_flight.front().is_some_and(|seg| seg.offset == p) {
+                    self.resend_segment(0, now);
+                    self.send.rto_deadline = Some(now + self.send.rtt.rto);
+                    self.acknowledged_in_data();
                 }
-            }
-        }
-        if resend_probe {
-            if let Some(seg) = self.send.in_flight.front() {
-                let msg = self.segment_message(seg);
-                self.send.segments_resent += 1;
-                self.send.rto_deadline = Some(now + self.send.rtt.rto);
-                self.out.push_back(Output::Publish(msg));
-                self.acknowledged_in_data();
             }
         }
         let s = &mut self.send;
@@ -1152,15 +1141,7 @@ impl Stream {
             }
         }
         for &i in lost.iter().rev() {
-            if let Some(seg) = self.send.in_flight.get_mut(i) {
-                seg.sent_at = now;
-                seg.retransmitted = true;
-            }
-            if let Some(seg) = self.send.in_flight.get(i) {
-                let msg = self.segment_message(seg);
-                self.send.segments_resent += 1;
-                self.out.push_back(Output::Publish(msg));
-            }
+            self.resend_segment(i, now);
         }
         if !lost.is_empty() {
             self.acknowledged_in_data();
@@ -1208,15 +1189,7 @@ impl Stream {
         // Every other hole the receiver reported is lost too by now.
         let holes: Vec<usize> = self.holes_below_sacked().collect();
         for i in holes {
-            if let Some(seg) = self.send.in_flight.get_mut(i) {
-                seg.sent_at = now;
-                seg.retransmitted = true;
-            }
-            if let Some(seg) = self.send.in_flight.get(i) {
-                let msg = self.segment_message(seg);
-                self.send.segments_resent += 1;
-                self.out.push_back(Output::Publish(msg));
-            }
+            self.resend_segment(i, now);
         }
     }
 
@@ -1276,6 +1249,18 @@ impl Stream {
         self.acknowledged_in_data();
         let rto = self.backed_off_rto();
         self.send.rto_deadline = Some(now + rto);
+    }
+
+    /// Sends in-flight segment `i` again as it is (marked resent at `now`).
+    fn resend_segment(&mut self, i: usize, now: Instant) {
+        let Some(seg) = self.send.in_flight.get_mut(i) else {
+            return;
+        };
+        seg.sent_at = now;
+        seg.retransmitted = true;
+        let msg = self.segment_message(&self.send.in_flight[i]);
+        self.send.segments_resent += 1;
+        self.out.push_back(Output::Publish(msg));
     }
 
     /// Every data message carries the current acknowledgement.

@@ -868,9 +868,7 @@ async fn serve_reverse(
 /// Tells a version-2 entry that its `CONNECTR` failed: one `ERROR` with
 /// `reason`, published once (if the relays lose it, the entry times out).
 async fn refuse_reverse(link: &Link, key: &str, reason: ErrorReason) {
-    let mut m = Message::new(key, MessageType::Error);
-    m.reason = Some(reason.as_str().to_string());
-    if let Err(e) = link.send(&m).await {
+    if let Err(e) = link.send(&Message::error(key, &reason)).await {
         log::warn!("reverse stream {key}: cannot send ERROR {reason}: {e}");
     }
 }

@@ -277,6 +277,13 @@ impl Message {
         }
     }
 
+    /// A v2 `ERROR` for stream `key` with `reason` (the abort of a stream).
+    pub fn error(key: impl Into<String>, reason: &ErrorReason) -> Self {
+        let mut m = Self::new(key, MessageType::Error);
+        m.reason = Some(reason.as_str().to_string());
+        m
+    }
+
     /// Serializes to the JSON text that gets encrypted.
     pub fn to_json(&self) -> String {
         // Serializing this struct cannot fail: every field is a plain value.
@@ -448,12 +455,18 @@ mod tests {
         assert!(Message::from_json(br#"{"key":"k","type":"DATA","data":"%%%"}"#).is_err());
     }
 
+    /// The two ends' ciphers between `a` and `b` (the same conversation key).
+    fn ciphers(a: &Keys, b: &Keys) -> (Cipher, Cipher) {
+        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
+        let cb = Cipher::derive(b.secret_key(), &a.public_key()).unwrap();
+        (ca, cb)
+    }
+
     #[test]
     fn seals_and_opens_between_two_keys() {
         let a = Keys::generate();
         let b = Keys::generate();
-        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
-        let cb = Cipher::derive(b.secret_key(), &a.public_key()).unwrap();
+        let (ca, cb) = ciphers(&a, &b);
         let mut m = Message::new("k", MessageType::Data);
         m.data = (0..=255u8).collect();
         m.seq = Some(3);
@@ -485,8 +498,7 @@ mod tests {
         // so the version byte must be checked on its own.
         let a = Keys::generate();
         let b = Keys::generate();
-        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
-        let cb = Cipher::derive(b.secret_key(), &a.public_key()).unwrap();
+        let (ca, cb) = ciphers(&a, &b);
         let content = ca.seal(&Message::new("k", MessageType::Close)).unwrap();
         let mut payload = BASE64.decode(content.as_bytes()).unwrap();
         for version in [0u8, 1, 3, b'#'] {

@@ -272,31 +272,10 @@ async fn reverse_connect_failures_come_back_as_the_exits_reason() {
         &["--public-address", &public, "--connect-timeout", "60"],
     )
     .await;
-    let proxy = format!("http://{}", entry.value("http"));
-
     let page = format!("http://{}/hello", refusing_backend.value("domain"));
-    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
-    assert_eq!(
-        socks_code(&out.stderr),
-        Some(5),
-        "{out:?}
-{}",
-        entry.stderr()
-    );
-    let out = curl_http(&["--proxy", &proxy, &page]).await;
-    assert_eq!(out.http_code, 502, "{out:?}");
-
+    assert_fails_with(&entry, &page, 5, 502).await;
     let page = format!("http://{}/hello", refusing_entry_address.value("domain"));
-    let out = curl(&["--socks5-hostname", entry.value("socks5"), &page]).await;
-    assert_eq!(
-        socks_code(&out.stderr),
-        Some(2),
-        "{out:?}
-{}",
-        entry.stderr()
-    );
-    let out = curl_http(&["--proxy", &proxy, &page]).await;
-    assert_eq!(out.http_code, 403, "{out:?}");
+    assert_fails_with(&entry, &page, 2, 403).await;
     assert!(
         refusing_entry_address
             .stderr()
@@ -347,8 +326,7 @@ async fn reverse_connect_to_a_legacy_exit_fails_by_timeout() {
     assert_eq!(
         socks_code(&out.stderr),
         Some(4),
-        "{out:?}
-{}",
+        "{out:?}\n{}",
         entry.stderr()
     );
     assert!(exit.stderr().contains("destination `"), "{}", exit.stderr());
@@ -360,11 +338,22 @@ async fn reverse_connect_to_a_legacy_exit_fails_by_timeout() {
 /// Asserts `page` is refused by the exit's egress policy through both
 /// proxies of `entry`: SOCKS5 reply 2 and HTTP 403.
 async fn assert_refused(entry: &NwsProcess, page: &str) {
+    assert_fails_with(entry, page, 2, 403).await;
+}
+
+/// Asserts fetching `page` through `entry` fails with SOCKS5 reply `socks`
+/// and HTTP status `http`.
+async fn assert_fails_with(entry: &NwsProcess, page: &str, socks: u8, http: u16) {
     let out = curl(&["--socks5-hostname", entry.value("socks5"), page]).await;
-    assert_eq!(socks_code(&out.stderr), Some(2), "SOCKS5 {page}: {out:?}");
+    assert_eq!(
+        socks_code(&out.stderr),
+        Some(socks),
+        "SOCKS5 {page}: {out:?}\n{}",
+        entry.stderr()
+    );
     let proxy = format!("http://{}", entry.value("http"));
     let out = curl_http(&["--proxy", &proxy, page]).await;
-    assert_eq!(out.http_code, 403, "HTTP {page}: {out:?}");
+    assert_eq!(out.http_code, http, "HTTP {page}: {out:?}");
 }
 
 /// Asserts `page` (a `/hello`) is served through both proxies of `entry`.

@@ -962,6 +962,38 @@ fn a_slow_reader_closes_the_window_and_loses_nothing() {
     }
 }
 
+/// Hands everything the entry queued to the exit and the exit's answers
+/// back, all at `now`; returns the bytes the exit delivered. The exit's
+/// reader reads them at once when `exit_reads`, else they stay undelivered
+/// (a stalled reader).
+fn exchange(entry: &mut Stream, exit: &mut Stream, now: Instant, exit_reads: bool) -> Vec<u8> {
+    for m in published(&drain(entry)) {
+        exit.handle_message(m, now).unwrap();
+    }
+    let outs: Vec<Output> = if exit_reads {
+        drain(exit)
+    } else {
+        std::iter::from_fn(|| exit.poll_output()).collect()
+    };
+    for m in published(&outs) {
+        entry.handle_message(m, now).unwrap();
+    }
+    delivered(&outs)
+}
+
+/// Fires the earlier of both ends' next timers unless it lies past `until`;
+/// returns its time, or `None` when no timer is due by then.
+fn fire_next_timer(entry: &mut Stream, exit: &mut Stream, until: Instant) -> Option<Instant> {
+    let t = [entry.poll_timeout(), exit.poll_timeout()]
+        .into_iter()
+        .flatten()
+        .min()
+        .filter(|t| *t <= until)?;
+    entry.handle_timeout(t);
+    exit.handle_timeout(t);
+    Some(t)
+}
+
 #[test]
 fn a_closed_window_is_probed_and_never_given_up() {
     // The reader stops for ten minutes (longer than give_up_after) and the
@@ -981,31 +1013,11 @@ fn a_closed_window_is_probed_and_never_given_up() {
     let mut now = t0;
     // Deliver everything the entry sends, but the exit's reader never reads.
     for _ in 0..10_000 {
-        for m in published(&drain(&mut entry)) {
-            exit.handle_message(m, now).unwrap();
+        got.extend(exchange(&mut entry, &mut exit, now, false));
+        match fire_next_timer(&mut entry, &mut exit, t0 + Duration::from_secs(600)) {
+            Some(t) => now = t,
+            None => break,
         }
-        let outs: Vec<Output> = std::iter::from_fn(|| exit.poll_output()).collect();
-        for o in &outs {
-            if let Output::Deliver(d) = o {
-                got.extend(d);
-            }
-        }
-        for m in published(&outs) {
-            entry.handle_message(m, now).unwrap();
-        }
-        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
-        };
-        if t > t0 + Duration::from_secs(600) {
-            break;
-        }
-        now = t;
-        entry.handle_timeout(now);
-        exit.handle_timeout(now);
     }
     assert_eq!(
         got.len(),
@@ -1024,27 +1036,14 @@ fn a_closed_window_is_probed_and_never_given_up() {
     assert_eq!(lost_update[0].window, Some(1000));
     // The next probe draws a fresh acknowledgement and the transfer finishes.
     for _ in 0..10_000 {
-        for m in published(&drain(&mut entry)) {
-            exit.handle_message(m, now).unwrap();
-        }
-        let outs = drain(&mut exit);
-        got.extend(delivered(&outs));
-        for m in published(&outs) {
-            entry.handle_message(m, now).unwrap();
-        }
+        got.extend(exchange(&mut entry, &mut exit, now, true));
         if got.len() == data.len() {
             break;
         }
-        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
-        };
-        now = t;
-        entry.handle_timeout(now);
-        exit.handle_timeout(now);
+        match fire_next_timer(&mut entry, &mut exit, now + Duration::from_secs(3600)) {
+            Some(t) => now = t,
+            None => break,
+        }
     }
     assert!(got == data, "all bytes, in order");
 }
@@ -1148,32 +1147,14 @@ fn probe_timeouts_are_no_loss_and_a_reopened_window_resends_the_probe() {
     assert_eq!(entry.write(&data, t0).unwrap(), 3000);
     let mut got = Vec::new();
     let mut now = t0;
-    let step = |entry: &mut Stream, exit: &mut Stream, now: Instant, got: &mut Vec<u8>| {
-        for m in published(&drain(entry)) {
-            exit.handle_message(m, now).unwrap();
-        }
-        // Not `drain`: this reader reads only when the test says so.
-        let outs: Vec<Output> = std::iter::from_fn(|| exit.poll_output()).collect();
-        got.extend(delivered(&outs));
-        for m in published(&outs) {
-            entry.handle_message(m, now).unwrap();
-        }
-    };
     // The window fills, then probes time out while the reader sleeps.
-    while now < t0 + Duration::from_secs(30) {
-        step(&mut entry, &mut exit, now, &mut got);
-        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
-        };
-        now = t;
-        entry.handle_timeout(now);
-        exit.handle_timeout(now);
+    loop {
+        got.extend(exchange(&mut entry, &mut exit, now, false));
+        match fire_next_timer(&mut entry, &mut exit, t0 + Duration::from_secs(30)) {
+            Some(t) => now = t,
+            None => break,
+        }
     }
-    step(&mut entry, &mut exit, now, &mut got);
     assert_eq!(got.len(), 1000);
     assert_eq!(entry.send.probe_at, Some(1000));
     assert!(entry.send.backoff >= 4, "backoff {}", entry.send.backoff);
@@ -1203,23 +1184,17 @@ fn probe_timeouts_are_no_loss_and_a_reopened_window_resends_the_probe() {
     for m in sent {
         exit.handle_message(m, now).unwrap();
     }
+    let n = exit.undelivered_bytes() as usize;
+    exit.consumed(n);
     for _ in 0..10_000 {
-        step(&mut entry, &mut exit, now, &mut got);
-        let n = exit.undelivered_bytes() as usize;
-        exit.consumed(n);
+        got.extend(exchange(&mut entry, &mut exit, now, true));
         if got.len() == data.len() {
             break;
         }
-        let Some(t) = [entry.poll_timeout(), exit.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
-        };
-        now = t;
-        entry.handle_timeout(now);
-        exit.handle_timeout(now);
+        match fire_next_timer(&mut entry, &mut exit, now + Duration::from_secs(3600)) {
+            Some(t) => now = t,
+            None => break,
+        }
     }
     assert!(got == data);
     assert_eq!(entry.max_segment(), 100);

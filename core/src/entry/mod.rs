@@ -383,12 +383,11 @@ impl Entry {
         }
         let (keys, cipher, mut inbox, guard) = self.answers(exit, &relays, &key).await?;
 
-        let dialect =
-            if self.config.legacy_all || self.config.legacy_exits.contains(&exit.public_key) {
-                Dialect::Legacy
-            } else {
-                Dialect::V2
-            };
+        let dialect = if self.is_legacy_exit(&exit.public_key) {
+            Dialect::Legacy
+        } else {
+            Dialect::V2
+        };
         let known_v2 = lock(&self.v2_exits).contains(&exit.public_key);
         let early = if dialect == Dialect::V2 && known_v2 {
             early
@@ -448,6 +447,11 @@ impl Entry {
             stats: self.stats.clone(),
         };
         Ok((stream, taken))
+    }
+
+    /// Whether `exit` gets the legacy format (`--legacy`, `--legacy-exit`).
+    fn is_legacy_exit(&self, exit: &PublicKey) -> bool {
+        self.config.legacy_all || self.config.legacy_exits.contains(exit)
     }
 
     /// The key, cipher and inbox for a stream's answers from `exit`, and
@@ -536,7 +540,7 @@ impl Entry {
         let mut msg = Message::new(key.clone(), MessageType::ConnectReverse);
         msg.destination = destination;
         msg.entry_public_address = rev.addr().to_string();
-        if !(self.config.legacy_all || self.config.legacy_exits.contains(&exit.public_key)) {
+        if !self.is_legacy_exit(&exit.public_key) {
             msg.version = Some(crate::protocol::PROTOCOL_VERSION);
         }
         let waiting = rev.expect(&key);
