@@ -3,7 +3,7 @@
 //!
 //! By default the relay is embedded in the bench process: the same
 //! nostr-relay-builder `LocalRelay` with the same raised limits as
-//! `nws relay` ([`nws_core::relay`]), plus a write-policy plugin that counts
+//! `nws relay` ([`nws_relay`]), plus a write-policy plugin that counts
 //! every kind-28333 event the relay admits — exact events per MiB.
 //!
 //! With an external relay (`--relay URL`, or `nws relay` as its own process)
@@ -20,7 +20,7 @@ use nostr::{Event, Filter, Kind, PublicKey, RelayUrl};
 use nostr_relay_builder::prelude::{PolicyResult, WritePolicy};
 use nostr_sdk::prelude::{Client, ClientOptions, RelayPoolNotification, RelayPoolOptions};
 use nws_core::protocol::KIND_STREAM;
-use nws_core::relay::EmbeddedRelay;
+use nws_relay::EmbeddedRelay;
 use serde::Serialize;
 
 /// Stream events seen at the relay, split by direction.

@@ -58,7 +58,7 @@ mod tests {
     use super::*;
     use nostr::Keys;
     use nws_core::exit::{ExitConfig, ExitNode, HttpsFront};
-    use nws_core::relay::EmbeddedRelay;
+    use nws_relay::EmbeddedRelay;
 
     /// An exit with an HTTPS front publishes its certificate; the binding
     /// returns exactly that PEM for the exit's npub.

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use nostr::Keys;
 use nws_core::entry::{Credentials, EntryConfig, EntryProxy};
 use nws_core::exit::{ExitConfig, ExitNode};
-use nws_core::relay::EmbeddedRelay;
+use nws_relay::EmbeddedRelay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -22,7 +22,7 @@ use nws_core::entry::{Credentials, EntryConfig, EntryProxy};
 use nws_core::exit::{ExitConfig, ExitNode, HttpsFront};
 use nws_core::names::{decode_nostr_domain, encode_nostr_domain, parse_host};
 use nws_core::policy::{EgressPolicy, IpNet};
-use nws_core::relay::EmbeddedRelay;
+use nws_relay::EmbeddedRelay;
 
 #[derive(Parser)]
 #[command(

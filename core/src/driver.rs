@@ -95,6 +95,7 @@ impl Link {
 /// Where a stream's incoming messages come from.
 pub(crate) enum Inbox {
     /// Raw events routed to an entry stream's ephemeral key; opened here.
+    #[cfg(feature = "entry")]
     Events {
         rx: mpsc::Receiver<Event>,
         cipher: Cipher,
@@ -273,6 +274,7 @@ async fn abort_and_tell(engine: &mut Stream, link: &Link, reason: &str) -> End {
 
 /// Publishes the engine's messages until it reports the open result
 /// (entry side, or an exit's early refusal). Waits at most until `deadline`.
+#[cfg(feature = "entry")]
 pub(crate) async fn wait_open(
     engine: &mut Stream,
     link: &Link,

@@ -1,22 +1,29 @@
-//! Nostr Web Services (NWS) core: TCP streams carried as NIP-44-encrypted
-//! ephemeral Nostr events between an entry node (a local proxy) and an exit
-//! node (which dials the real backend).
+//! Nostr Web Services (NWS) on tokio: the relay transport, the async driver
+//! of the sans-IO stream engine, the entry node (a local SOCKS5 and HTTP
+//! proxy) and the exit node (which dials the real backend).
 //!
-//! Layers, top to bottom (see `DESIGN.md`): [`entry`] (SOCKS5 and HTTP proxy),
-//! [`names`] (`.nostr`, npub, nprofile), the sans-IO stream [`engine`], the
-//! message [`protocol`] codec, and the relay [`transport`]; [`exit`] is the
-//! other end, and [`relay`] an embedded relay for local use and tests.
+//! The protocol itself (messages, NIP-44 sealing, names, the stream engine)
+//! is the [`nws_protocol`] crate, re-exported here as [`protocol`], with
+//! [`engine`] and [`names`] at the top as well. See `docs/ARCHITECTURE.md`
+//! for the crates and rooms and how one stream's bytes flow through them.
+//!
+//! Features: `entry` (the proxy, discovery of public exits, reverse
+//! connect) and `exit` (the exit node, its egress policy, the HTTPS front's
+//! certificate generation); both are on by default. The mobile library
+//! builds with `entry` only.
+
+pub use nws_protocol as protocol;
+pub use nws_protocol::{engine, names};
 
 pub mod discovery;
 pub mod driver;
-pub mod engine;
+#[cfg(feature = "entry")]
 pub mod entry;
+#[cfg(feature = "exit")]
 pub mod exit;
-pub mod names;
 pub mod nip11;
+#[cfg(feature = "exit")]
 pub mod policy;
-pub mod protocol;
-pub mod relay;
 pub mod sync;
 pub mod tls;
 pub mod transport;

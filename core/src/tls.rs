@@ -33,6 +33,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::{Event, EventBuilder, Keys, Kind, PublicKey, RelayUrl, Tag};
+#[cfg(feature = "exit")]
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
     KeyUsagePurpose, SanType,
@@ -58,6 +59,7 @@ pub const VALIDITY_DAYS: i64 = 365;
 
 /// How far back a generated certificate's validity starts, in minutes, to
 /// tolerate clocks that run behind.
+#[cfg(feature = "exit")]
 const BACKDATE_MINUTES: i64 = 60;
 
 /// The ALPN protocol the front server offers (RFC 7301).
@@ -76,6 +78,7 @@ pub enum TlsError {
     #[error(transparent)]
     Name(#[from] NameError),
     /// The certificate could not be generated.
+    #[cfg(feature = "exit")]
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),
     /// A PEM text holds no certificate or no private key of a known kind.
@@ -162,6 +165,7 @@ pub fn front_domains(public_key: &PublicKey, relays: &[RelayUrl]) -> Result<Vec<
 /// Normalizes and checks a domain for a certificate: ASCII lower case, no
 /// trailing dot, a valid DNS name (at most 253 octets, labels of at most
 /// 63).
+#[cfg(feature = "exit")]
 fn normalize_domain(domain: &str) -> Result<String, TlsError> {
     let name = domain
         .strip_suffix('.')
@@ -234,6 +238,7 @@ impl FrontCertificate {
     ///
     /// [`TlsError::NoDomains`], [`TlsError::InvalidDomain`], or
     /// [`TlsError::Generate`].
+    #[cfg(feature = "exit")]
     pub fn generate(domains: &[String]) -> Result<Self, TlsError> {
         let mut names: Vec<String> = Vec::with_capacity(domains.len());
         for domain in domains {

@@ -7,7 +7,7 @@ use nostr::Keys;
 use nws_core::entry::{Entry, EntryConfig, OpenError};
 use nws_core::exit::{ExitConfig, ExitNode};
 use nws_core::protocol::ErrorReason;
-use nws_core::relay::EmbeddedRelay;
+use nws_relay::EmbeddedRelay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

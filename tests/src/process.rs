@@ -17,22 +17,34 @@ pub fn nws_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = workspace_root();
-        let status = std::process::Command::new(cargo)
+        let out = std::process::Command::new(cargo)
             // `--workspace` resolves features as `cargo test --workspace` does, so
             // this build reuses its artifacts instead of rebuilding ring and rustls
             // with another feature set.
             .args(["build", "--quiet", "--workspace", "--bin", "nws"])
-            .current_dir(&root)
-            .status()
+            .arg("--message-format=json")
+            .current_dir(workspace_root())
+            .stderr(Stdio::inherit())
+            .output()
             .expect("cannot run cargo build for the nws binary");
-        assert!(status.success(), "cargo build --workspace --bin nws failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug").join("nws")
+        assert!(
+            out.status.success(),
+            "cargo build --workspace --bin nws failed"
+        );
+        executable_of(&out.stdout, "nws")
+            .expect("cargo build reported no executable for the nws binary")
     })
     .clone()
+}
+
+/// The path cargo reports (`--message-format=json`, a `compiler-artifact`
+/// line) for the executable of binary target `name`.
+fn executable_of(messages: &[u8], name: &str) -> Option<PathBuf> {
+    messages
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// The workspace root (the parent of this crate's directory).

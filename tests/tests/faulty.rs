@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use nostr_sdk::prelude::*;
-use nws_core::relay::EmbeddedRelay;
+use nws_relay::EmbeddedRelay;
 use nws_tests::faulty::{FaultConfig, FaultyRelay};
 use tokio::sync::broadcast;
 use tokio::time::Instant;

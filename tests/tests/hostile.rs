@@ -1404,7 +1404,7 @@ mod in_process {
     use super::*;
     use nws_core::entry::{EntryConfig, EntryProxy};
     use nws_core::exit::{ExitConfig, ExitNode};
-    use nws_core::relay::EmbeddedRelay;
+    use nws_relay::EmbeddedRelay;
 
     pub struct Local {
         pub relay: EmbeddedRelay,

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::nips::nip44::v2::{self as nip44v2, ConversationKey};
 use nostr::{Keys, SecretKey};
-use nws_core::protocol::{Cipher, CodecError, Message, MAX_PLAINTEXT};
+use nws_protocol::{Cipher, CodecError, Message, MAX_PLAINTEXT};
 
 /// Two fixed key pairs and the ciphers between them (derived once: ECDH is
 /// the slow part and says nothing new per input).

@@ -16,8 +16,8 @@
 
 use std::time::{Duration, Instant};
 
-use nws_core::engine::{Dialect, EngineError, Output, Stream, StreamConfig};
-use nws_core::protocol::{ErrorReason, Message, MessageType};
+use nws_protocol::engine::{Dialect, EngineError, Output, Stream, StreamConfig};
+use nws_protocol::{ErrorReason, Message, MessageType};
 
 const KEY: &str = "3b1f09a8-2b10-4daa-880c-2a392e781f09";
 /// Most ops run per input (bounded work per run).

@@ -1,7 +1,7 @@
 //! Names: `.nostr` domains, `npub1…` and `nprofile1…` hosts.
 
 use nostr::nips::nip19::ToBech32;
-use nws_core::names::{
+use nws_protocol::names::{
     decode_nostr_domain, encode_nostr_domain, is_nws_host, parse_host, ExitAddress,
 };
 

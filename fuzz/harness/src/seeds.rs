@@ -5,8 +5,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::nips::nip19::{Nip19Profile, ToBech32};
 use nostr::{Keys, PublicKey, RelayUrl, SecretKey};
-use nws_core::names::encode_nostr_domain;
-use nws_core::protocol::{Message, MessageType};
+use nws_protocol::names::encode_nostr_domain;
+use nws_protocol::{Message, MessageType};
 
 use crate::codec::fixed;
 use crate::engine::{EngineInput, Op};

@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorReason, Message, MessageType, PROTOCOL_VERSION};
+use crate::message::{ErrorReason, Message, MessageType, PROTOCOL_VERSION};
 
 /// Segments after a missing one that must be selectively acknowledged
 /// before it counts as lost (relays may reorder a little).
@@ -45,7 +45,7 @@ const GROW_AFTER_ACKS: u32 = 64;
 pub enum Dialect {
     /// Version 2: offsets, acknowledgements, open result and close.
     V2,
-    /// The reference implementation's format (PROTOCOL.md part 1).
+    /// The reference implementation's format (`docs/PROTOCOL.md`, "Legacy").
     Legacy,
 }
 
@@ -82,7 +82,7 @@ pub struct StreamConfig {
 impl Default for StreamConfig {
     fn default() -> Self {
         Self {
-            max_segment: crate::protocol::DEFAULT_MAX_DATA_PER_EVENT,
+            max_segment: crate::message::DEFAULT_MAX_DATA_PER_EVENT,
             min_segment: 1024,
             window: 512 * 1024,
             send_buffer: 256 * 1024,

@@ -1,19 +1,16 @@
-//! The NWS wire format: event kinds, the JSON message carried inside each
-//! stream event, and its NIP-44 v2 sealing (see `PROTOCOL.md` and
-//! `docs/PROTOCOL.md`).
-//!
-//! A [`Message`] is the plaintext; a [`Cipher`] holds one stream's NIP-44
-//! conversation key (derived once per stream, never per event) and turns
-//! messages into event content and back; [`build_stream_event`] signs the
-//! kind-28333 event that carries it.
+//! The NWS wire format's plaintext: event kinds, the JSON [`Message`]
+//! carried inside each stream event, and the [`ErrorReason`] codes of
+//! `ERROR` (see `docs/PROTOCOL.md`). Sealing it into event content is
+//! [`crate::codec`].
 
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use nostr::nips::nip44::v2::{self as nip44v2, ConversationKey};
-use nostr::{Event, EventBuilder, Keys, Kind, PublicKey, SecretKey, Tag};
+use nostr::Kind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::codec::CodecError;
 
 /// Kind of a stream message event (ephemeral: relays forward, never store).
 pub const KIND_STREAM: u16 = 28333;
@@ -24,7 +21,7 @@ pub const KIND_EXIT_CERTIFICATE: u16 = 38334;
 /// Kind of an exit's TLS private key backup (NIP-44, exit to itself).
 pub const KIND_EXIT_KEY_BACKUP: u16 = 38335;
 
-/// The stream protocol version this implementation speaks (PROTOCOL.md part 2).
+/// The stream protocol version this implementation speaks (`docs/PROTOCOL.md`, "Version 2").
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest number of stream bytes put into one event, in bytes.
@@ -307,226 +304,5 @@ fn de_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         Some(s) => BASE64
             .decode(s.as_bytes())
             .map_err(serde::de::Error::custom),
-    }
-}
-
-/// Errors turning event content into a [`Message`] and back.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    /// The event content is not a NIP-44 v2 payload for this conversation key
-    /// (bad base64, wrong version byte, bad MAC, or wrong keys).
-    #[error("cannot decrypt the event content: {0}")]
-    Decrypt(String),
-    /// The plaintext is not a JSON message of the expected shape.
-    #[error("malformed message JSON: {0}")]
-    Json(String),
-    /// The message is larger than NIP-44 v2 can carry.
-    #[error("message of {size} bytes exceeds the NIP-44 limit of {max} bytes")]
-    TooLarge {
-        /// Plaintext size in bytes.
-        size: usize,
-        /// Limit in bytes.
-        max: usize,
-    },
-    /// Signing the event failed.
-    #[error("cannot sign the event: {0}")]
-    Sign(String),
-}
-
-/// One stream's NIP-44 v2 conversation key: derived once, used for every
-/// event of the stream in both directions.
-#[derive(Clone)]
-pub struct Cipher {
-    key: ConversationKey,
-}
-
-impl fmt::Debug for Cipher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Cipher(..)")
-    }
-}
-
-/// The NIP-44 payload version byte this implementation seals and opens.
-const NIP44_VERSION: u8 = 2;
-
-impl Cipher {
-    /// Derives the conversation key (ECDH of `secret_key` with `peer`, NIP-44 v2).
-    pub fn derive(secret_key: &SecretKey, peer: &PublicKey) -> Result<Self, CodecError> {
-        ConversationKey::derive(secret_key, peer)
-            .map(|key| Self { key })
-            .map_err(|e| CodecError::Decrypt(e.to_string()))
-    }
-
-    /// Encrypts a message into event content (base64 of the NIP-44 v2 payload).
-    pub fn seal(&self, msg: &Message) -> Result<String, CodecError> {
-        let json = msg.to_json();
-        if json.len() > MAX_PLAINTEXT {
-            return Err(CodecError::TooLarge {
-                size: json.len(),
-                max: MAX_PLAINTEXT,
-            });
-        }
-        let payload = nip44v2::encrypt_to_bytes(&self.key, json.as_bytes())
-            .map_err(|e| CodecError::Decrypt(e.to_string()))?;
-        Ok(BASE64.encode(payload))
-    }
-
-    /// Decrypts event content and parses the message inside.
-    ///
-    /// Errors: [`CodecError::Decrypt`] when the content is not base64, the payload's
-    /// version byte is not 2 (NIP-44), or the MAC does not match; [`CodecError::Json`]
-    /// when the plaintext is not a message.
-    pub fn open(&self, content: &str) -> Result<Message, CodecError> {
-        let payload = BASE64
-            .decode(content.as_bytes())
-            .map_err(|e| CodecError::Decrypt(format!("content is not base64: {e}")))?;
-        // NIP-44: the first payload byte is the version; only version 2 is ours to open.
-        // (rust-nostr's v2 decrypt checks the MAC but not this byte.)
-        match payload.first() {
-            Some(&NIP44_VERSION) => {}
-            Some(v) => {
-                return Err(CodecError::Decrypt(format!(
-                    "unsupported NIP-44 version {v} (expected {NIP44_VERSION})"
-                )))
-            }
-            None => return Err(CodecError::Decrypt("empty payload".into())),
-        }
-        let plain = nip44v2::decrypt_to_bytes(&self.key, &payload)
-            .map_err(|e| CodecError::Decrypt(e.to_string()))?;
-        Message::from_json(&plain)
-    }
-}
-
-/// Signs a kind-28333 stream event carrying `content` to `recipient`
-/// (tag `["p", <recipient hex>]`), authored by `keys`.
-pub fn build_stream_event(
-    keys: &Keys,
-    recipient: &PublicKey,
-    content: String,
-) -> Result<Event, CodecError> {
-    EventBuilder::new(stream_kind(), content)
-        .tag(Tag::public_key(*recipient))
-        .sign_with_keys(keys)
-        .map_err(|e| CodecError::Sign(e.to_string()))
-}
-
-/// The first `p` tag of an event: the recipient of a stream event.
-pub fn recipient(event: &Event) -> Option<PublicKey> {
-    event.tags.public_keys().next().copied()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serializes_like_the_reference() {
-        let mut m = Message::new("3b1f09a8-2b10-4daa-880c-2a392e781f09", MessageType::Connect);
-        m.data = b"GET / HTTP/1.1\r\n".to_vec();
-        m.destination = "x.nostr:80".into();
-        assert_eq!(
-            m.to_json(),
-            r#"{"key":"3b1f09a8-2b10-4daa-880c-2a392e781f09","type":"CONNECT","data":"R0VUIC8gSFRUUC8xLjENCg==","destination":"x.nostr:80"}"#
-        );
-    }
-
-    #[test]
-    fn omits_empty_fields_and_ignores_unknown_ones() {
-        let m = Message::new("k", MessageType::Socks5Response);
-        assert_eq!(m.to_json(), r#"{"key":"k","type":"SOCKS5RESPONSE"}"#);
-        let parsed =
-            Message::from_json(br#"{"key":"k","type":"DATA","data":null,"extra":[1,2],"seq":7}"#)
-                .unwrap();
-        assert_eq!(parsed.kind, MessageType::Data);
-        assert!(parsed.data.is_empty());
-        assert_eq!(parsed.seq, Some(7));
-    }
-
-    #[test]
-    fn keeps_unknown_types() {
-        let m = Message::from_json(br#"{"key":"k","type":"PING"}"#).unwrap();
-        assert_eq!(m.kind, MessageType::Unknown("PING".into()));
-        assert!(!m.kind.is_data());
-        assert!(MessageType::Socks5Response.is_data());
-    }
-
-    #[test]
-    fn rejects_bad_base64_data() {
-        assert!(Message::from_json(br#"{"key":"k","type":"DATA","data":"%%%"}"#).is_err());
-    }
-
-    /// The two ends' ciphers between `a` and `b` (the same conversation key).
-    fn ciphers(a: &Keys, b: &Keys) -> (Cipher, Cipher) {
-        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
-        let cb = Cipher::derive(b.secret_key(), &a.public_key()).unwrap();
-        (ca, cb)
-    }
-
-    #[test]
-    fn seals_and_opens_between_two_keys() {
-        let a = Keys::generate();
-        let b = Keys::generate();
-        let (ca, cb) = ciphers(&a, &b);
-        let mut m = Message::new("k", MessageType::Data);
-        m.data = (0..=255u8).collect();
-        m.seq = Some(3);
-        let content = ca.seal(&m).unwrap();
-        assert_eq!(cb.open(&content).unwrap(), m);
-        // The content is interoperable with rust-nostr's plain NIP-44 API.
-        let plain = nostr::nips::nip44::decrypt(b.secret_key(), &a.public_key(), &content).unwrap();
-        assert_eq!(plain, m.to_json());
-    }
-
-    #[test]
-    fn wrong_key_cannot_open() {
-        let a = Keys::generate();
-        let b = Keys::generate();
-        let c = Keys::generate();
-        let ca = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
-        let cc = Cipher::derive(c.secret_key(), &a.public_key()).unwrap();
-        let content = ca.seal(&Message::new("k", MessageType::Close)).unwrap();
-        assert!(matches!(cc.open(&content), Err(CodecError::Decrypt(_))));
-        assert!(matches!(
-            cc.open("not base64!"),
-            Err(CodecError::Decrypt(_))
-        ));
-    }
-
-    #[test]
-    fn a_payload_with_another_version_byte_does_not_open() {
-        // Found by the nip44_open fuzz target: the MAC covers nonce and ciphertext only,
-        // so the version byte must be checked on its own.
-        let a = Keys::generate();
-        let b = Keys::generate();
-        let (ca, cb) = ciphers(&a, &b);
-        let content = ca.seal(&Message::new("k", MessageType::Close)).unwrap();
-        let mut payload = BASE64.decode(content.as_bytes()).unwrap();
-        for version in [0u8, 1, 3, b'#'] {
-            payload[0] = version;
-            let err = cb.open(&BASE64.encode(&payload)).unwrap_err();
-            assert!(
-                err.to_string().contains("unsupported NIP-44 version"),
-                "{err}"
-            );
-        }
-        assert!(matches!(cb.open(""), Err(CodecError::Decrypt(_))));
-    }
-
-    #[test]
-    fn full_data_event_fits_nip44() {
-        let a = Keys::generate();
-        let c = Cipher::derive(a.secret_key(), &Keys::generate().public_key()).unwrap();
-        let mut m = Message::new(uuid::Uuid::new_v4().to_string(), MessageType::Data);
-        m.data = vec![0xAB; DEFAULT_MAX_DATA_PER_EVENT];
-        m.seq = Some(u64::MAX);
-        let content = c.seal(&m).unwrap();
-        assert!(
-            content.len() < 60 * 1024,
-            "content is {} bytes",
-            content.len()
-        );
-        let ev = build_stream_event(&a, &Keys::generate().public_key(), content).unwrap();
-        assert_eq!(ev.kind, stream_kind());
-        assert!(recipient(&ev).is_some());
     }
 }
