@@ -95,7 +95,6 @@ impl Link {
 /// Where a stream's incoming messages come from.
 pub(crate) enum Inbox {
     /// Raw events routed to an entry stream's ephemeral key; opened here.
-    #[cfg(feature = "entry")]
     Events {
         rx: mpsc::Receiver<Event>,
         cipher: Cipher,

@@ -39,7 +39,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::Deserialize;
 
@@ -174,7 +174,7 @@ fn normalize_domain(domain: &str) -> Result<String, TlsError> {
     if name.is_empty() || name.len() > 253 || name.split('.').any(|l| l.len() > 63) {
         return Err(TlsError::InvalidDomain(domain.to_owned()));
     }
-    DnsName::try_from(name.as_str()).map_err(|_| TlsError::InvalidDomain(domain.to_owned()))?;
+    rustls::pki_types::DnsName::try_from(name.as_str()).map_err(|_| TlsError::InvalidDomain(domain.to_owned()))?;
     Ok(name)
 }
 
