@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use nws_core::driver::StreamError;
 use nws_core::entry::{EntryError, OpenError};
 use nws_core::names::NameError;
 use nws_core::protocol::ErrorReason;
@@ -163,7 +164,7 @@ impl From<TransportError> for NwsError {
             TransportError::NoRelayReachable(_) | TransportError::NoRelays => {
                 Self::NoRelayReachable { detail }
             }
-            TransportError::Pool(_) => Self::Relay { detail },
+            TransportError::Pool(_) | TransportError::NotPublished(_) => Self::Relay { detail },
             TransportError::Shutdown => Self::Stopped { detail },
         }
     }
@@ -175,6 +176,9 @@ impl From<OpenError> for NwsError {
             OpenError::BadName { host, source } => Self::bad_name(&host, &source),
             OpenError::NotNws(host) => Self::not_nws(&host),
             OpenError::Transport(t) => t.into(),
+            OpenError::Codec(c) => Self::Relay {
+                detail: c.to_string(),
+            },
             OpenError::Refused(reason) => Self::exit_refused(&reason),
             OpenError::Timeout(t) => Self::timeout(t),
             OpenError::NoPublicExit(t) => {
@@ -184,6 +188,18 @@ impl From<OpenError> for NwsError {
                     detail,
                 }
             }
+        }
+    }
+}
+
+impl From<StreamError> for NwsError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::Aborted(reason) => Self::exit_refused(&reason),
+            StreamError::Shutdown => Self::stopped("the proxy is stopping"),
+            other => Self::Relay {
+                detail: other.to_string(),
+            },
         }
     }
 }

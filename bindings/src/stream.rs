@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nostr::RelayUrl;
+use nws_core::driver::StreamError;
 use nws_core::entry::{Entry, EntryConfig};
-use nws_core::protocol::ErrorReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 
@@ -37,8 +37,8 @@ pub struct NwsStream {
     destination: String,
     reader: tokio::sync::Mutex<Option<ReadHalf<DuplexStream>>>,
     writer: tokio::sync::Mutex<Option<WriteHalf<DuplexStream>>>,
-    task: Mutex<Option<JoinHandle<Result<(), ErrorReason>>>>,
-    aborted: Mutex<Option<ErrorReason>>,
+    task: Mutex<Option<JoinHandle<Result<(), StreamError>>>>,
+    aborted: Mutex<Option<StreamError>>,
 }
 
 /// Opens a stream to `destination`, `host:port` where host is an NWS name
@@ -144,7 +144,7 @@ impl NwsStream {
             let n = reader.read(&mut buf).await?;
             if n == 0 {
                 if let Some(reason) = self.abort_reason(OUTCOME_WAIT).await {
-                    return Err(NwsError::exit_refused(&reason));
+                    return Err(reason.into());
                 }
             }
             buf.truncate(n);
@@ -168,7 +168,7 @@ impl NwsStream {
                 .ok_or_else(|| NwsError::stopped("the stream is closed for writing"))?;
             if writer.write_all(&data).await.is_err() {
                 return Err(match self.abort_reason(OUTCOME_WAIT).await {
-                    Some(reason) => NwsError::exit_refused(&reason),
+                    Some(reason) => reason.into(),
                     None => NwsError::stopped("the stream is closed"),
                 });
             }
@@ -202,7 +202,7 @@ impl NwsStream {
 impl NwsStream {
     /// Why the stream was aborted, if its task ended with an abort within
     /// `wait` (the task ends right after it drops its end of the pipe).
-    async fn abort_reason(&self, wait: Duration) -> Option<ErrorReason> {
+    async fn abort_reason(&self, wait: Duration) -> Option<StreamError> {
         if let Some(reason) = lock(&self.aborted).clone() {
             return Some(reason);
         }

@@ -1,96 +1,25 @@
 //! The thin async driver around the sans-IO [`engine`](crate::engine): it
 //! moves bytes between a local socket (the entry's client, or the exit's
-//! backend) and the engine, seals and publishes the engine's messages, and
-//! opens and feeds it the peer's events.
+//! backend) and the engine, seals and publishes the engine's messages
+//! through the stream's [`Link`], and feeds it the peer's messages from its
+//! [`Inbox`].
+//!
+//! Every output of the engine goes through one place, [`Driver::drain`],
+//! whatever the stream's state: messages are published (a publish that no
+//! relay takes tells the engine the path is down), delivered bytes are
+//! queued for the local socket, and the open result and the end are
+//! recorded. [`wait_open`] and [`pump`] only differ in what they wait for.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nostr::{Event, Keys, PublicKey, RelayUrl};
+use nostr::{Event, PublicKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::engine::{Dialect, Output, Stream};
-use crate::protocol::{build_stream_event, Cipher, ErrorReason, Message};
-use crate::transport::{Transport, TransportError};
-
-/// Counters shared by every stream of an entry or exit.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Streams open now.
-    pub streams_open: AtomicUsize,
-    /// Streams opened since start.
-    pub streams_total: AtomicU64,
-    /// Bytes read from local sockets and sent to peers.
-    pub bytes_sent: AtomicU64,
-    /// Bytes received from peers and written to local sockets.
-    pub bytes_received: AtomicU64,
-    /// Data and `CLOSE` messages of finished version-2 streams, first sends.
-    pub segments_sent: AtomicU64,
-    /// Data and `CLOSE` messages of finished version-2 streams sent again
-    /// (retransmissions and split resends).
-    pub segments_resent: AtomicU64,
-}
-
-impl Stats {
-    /// Adds a finished stream's message counts and logs them (debug).
-    fn record(&self, engine: &Stream, end: End) -> End {
-        let (sent, resent) = engine.segment_counts();
-        self.segments_sent.fetch_add(sent, Ordering::Relaxed);
-        self.segments_resent.fetch_add(resent, Ordering::Relaxed);
-        log::debug!(
-            "stream {}: ended ({end:?}); {sent} data messages sent, {resent} sent again",
-            engine.key()
-        );
-        end
-    }
-}
-
-/// One stream counted in [`Stats::streams_open`] until dropped. A stream
-/// stops counting when it only lingers after closing.
-pub(crate) struct OpenSlot(Arc<Stats>);
-
-impl OpenSlot {
-    /// Counts a new open stream.
-    pub fn new(stats: Arc<Stats>) -> Self {
-        stats.streams_open.fetch_add(1, Ordering::Relaxed);
-        stats.streams_total.fetch_add(1, Ordering::Relaxed);
-        Self(stats)
-    }
-}
-
-impl Drop for OpenSlot {
-    fn drop(&mut self) {
-        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Everything one stream needs to talk to its peer through relays.
-#[derive(Clone)]
-pub(crate) struct Link {
-    pub transport: Transport,
-    /// Our signing keys: an entry stream's ephemeral keys, or the exit's keys.
-    pub keys: Keys,
-    pub peer: PublicKey,
-    /// The stream's conversation key, derived once.
-    pub cipher: Cipher,
-    /// Relays the stream publishes to.
-    pub relays: Vec<RelayUrl>,
-}
-
-impl Link {
-    /// Seals, signs and publishes one message to the peer.
-    pub async fn send(&self, msg: &Message) -> Result<(), TransportError> {
-        let content = self
-            .cipher
-            .seal(msg)
-            .map_err(|e| TransportError::Pool(e.to_string()))?;
-        let event = build_stream_event(&self.keys, &self.peer, content)
-            .map_err(|e| TransportError::Pool(e.to_string()))?;
-        self.transport.publish(&event, &self.relays).await
-    }
-}
+use crate::link::Link;
+use crate::protocol::{Cipher, ErrorReason, Message};
+use crate::stats::OpenSlot;
 
 /// Where a stream's incoming messages come from.
 pub(crate) enum Inbox {
@@ -100,20 +29,8 @@ pub(crate) enum Inbox {
         cipher: Cipher,
         peer: PublicKey,
     },
-    /// Messages the exit's dispatcher already opened.
+    /// Messages a [`Demux`](crate::demux::Demux) already opened.
     Messages(mpsc::Receiver<Message>),
-}
-
-/// Messages a stream's inbox holds before further ones are dropped (the
-/// peer retransmits them): the stream takes them as fast as they come, so
-/// only a flood fills it.
-pub(crate) const STREAM_INBOX: usize = 256;
-
-/// Hands `msg` to a stream's inbox without waiting; a full inbox drops it.
-pub(crate) fn offer(tx: &mpsc::Sender<Message>, msg: Message) {
-    if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(msg) {
-        log::debug!("stream {}: inbox full, {} dropped", m.key, m.kind);
-    }
 }
 
 impl Inbox {
@@ -141,23 +58,72 @@ impl Inbox {
     }
 }
 
+/// Why a stream ended without both directions closing cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The stream was refused or aborted with a reason that crossed the
+    /// wire: the peer's `ERROR`, or ours (timeout, protocol error, local
+    /// socket reset), which the peer was sent.
+    #[error("stream aborted: {0}")]
+    Aborted(ErrorReason),
+    /// No relay took a message of a legacy stream: the legacy format cannot
+    /// retransmit, so the stream cannot go on.
+    #[error("no relay took a message of this legacy-format stream")]
+    RelayFailure,
+    /// A legacy peer (no flow control) sent more than the local socket
+    /// read: more than 8 MiB were held for it.
+    #[error("the local reader is too slow for a legacy-format peer")]
+    LegacyOverflow,
+    /// The local socket failed while a raw reverse-connect stream copied bytes.
+    #[error("local connection failed: {0}")]
+    Io(std::io::ErrorKind),
+    /// The entry or exit is shutting down: the stream's route is gone.
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+/// How a pumped stream ended.
+pub(crate) type End = Result<(), StreamError>;
+
 /// A stream with everything it needs to run: the engine, the way to the
-/// peer, and what must live as long as the stream (its route, say), which
-/// is dropped only after lingering.
+/// peer, its inbox, bytes already delivered for the local socket, and what
+/// must live as long as the stream (its route, say), which is dropped only
+/// after lingering.
 pub(crate) struct Conn {
     pub engine: Stream,
     pub link: Link,
     pub inbox: Inbox,
     pub keep: Box<dyn std::any::Any + Send>,
+    delivery: Delivery,
 }
 
-/// How a pumped stream ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum End {
-    /// Both directions finished (v2), or the local side ended (legacy).
-    Closed,
-    /// The stream was aborted for this reason.
-    Aborted(ErrorReason),
+impl Conn {
+    /// A stream ready to be driven.
+    pub fn new(
+        engine: Stream,
+        link: Link,
+        inbox: Inbox,
+        keep: Box<dyn std::any::Any + Send>,
+    ) -> Self {
+        Self {
+            engine,
+            link,
+            inbox,
+            keep,
+            delivery: Delivery::default(),
+        }
+    }
+
+    /// The stream's key.
+    pub fn key(&self) -> &str {
+        self.engine.key()
+    }
+
+    /// Publishes whatever the engine has queued (its `ERROR` after a
+    /// refusal, say) and ends.
+    pub async fn flush(&mut self) {
+        let _ = drain(&mut self.engine, &self.link, &mut self.delivery).await;
+    }
 }
 
 /// Size of one read from the local socket, in bytes.
@@ -179,6 +145,8 @@ struct Delivery {
     offset: usize,
     bytes: usize,
     shutdown: bool,
+    /// The engine reported the stream open.
+    opened: bool,
 }
 
 impl Delivery {
@@ -212,16 +180,20 @@ impl Delivery {
     }
 }
 
-/// Publishes the engine's queued messages and queues its delivered bytes
-/// for the local socket. Returns `Some(end)` when the stream is over.
+/// Handles every output the engine has queued, in order: publishes
+/// messages (telling the engine whether any relay took them), queues
+/// delivered bytes and the peer's half-close for the local socket, and
+/// records the open result. Returns `Some(end)` when the stream is over.
 ///
-/// A failed publish is a lost message for a version-2 stream (it is
+/// A message no relay took is a lost message for a version-2 stream (it is
 /// retransmitted); a legacy stream cannot recover and ends.
-async fn flush(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Option<End> {
+async fn drain(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Option<End> {
     while let Some(out) = engine.poll_output() {
         match out {
-            Output::Publish(m) => {
-                if let Err(e) = link.send(&m).await {
+            Output::Publish(m) => match link.send(&m).await {
+                Ok(()) => engine.set_path_down(false),
+                Err(e) => {
+                    engine.set_path_down(e.is_path_down());
                     if engine.dialect() == Dialect::V2 {
                         log::debug!(
                             "stream {}: {} not published ({e}); will retry",
@@ -231,11 +203,10 @@ async fn flush(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Opt
                         continue;
                     }
                     log::warn!("stream {}: cannot publish {}: {e}", engine.key(), m.kind);
-                    let reason = ErrorReason::Other("relay-failure".into());
-                    engine.abort(reason.clone());
-                    return Some(End::Aborted(reason));
+                    engine.abort(ErrorReason::ConnectionReset);
+                    return Some(Err(StreamError::RelayFailure));
                 }
-            }
+            },
             Output::Deliver(bytes) => {
                 delivery.bytes += bytes.len();
                 delivery.chunks.push_back(bytes);
@@ -245,14 +216,16 @@ async fn flush(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Opt
                         engine.key(),
                         delivery.bytes
                     );
-                    return Some(abort_and_tell(engine, link, "overflow").await);
+                    // A legacy stream has no ERROR to send: the abort only ends it here.
+                    engine.abort(ErrorReason::ConnectionReset);
+                    return Some(Err(StreamError::LegacyOverflow));
                 }
             }
             Output::PeerFinished => delivery.shutdown = true,
+            Output::Opened => delivery.opened = true,
             Output::Aborted(reason) | Output::Refused(reason) => {
-                return Some(End::Aborted(reason));
+                return Some(Err(StreamError::Aborted(reason)));
             }
-            Output::Opened => {}
         }
     }
     None
@@ -260,38 +233,35 @@ async fn flush(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Opt
 
 /// Aborts the stream with `reason` and publishes the engine's last
 /// messages (its `ERROR`) before ending.
-async fn abort_and_tell(engine: &mut Stream, link: &Link, reason: &str) -> End {
-    let reason = ErrorReason::Other(reason.into());
+async fn abort_and_tell(engine: &mut Stream, link: &Link, reason: ErrorReason) -> End {
     engine.abort(reason.clone());
-    while let Some(out) = engine.poll_output() {
-        if let Output::Publish(m) = out {
-            let _ = link.send(&m).await;
-        }
-    }
-    End::Aborted(reason)
+    let mut rest = Delivery::default();
+    let _ = drain(engine, link, &mut rest).await;
+    Err(StreamError::Aborted(reason))
 }
 
-/// Publishes the engine's messages until it reports the open result
-/// (entry side, or an exit's early refusal). Waits at most until `deadline`.
+/// Publishes the engine's messages and feeds it the peer's until it
+/// reports the open result (entry side). Waits at most until `deadline`:
+/// `Err(None)` then. Bytes delivered meanwhile stay in `conn` for
+/// [`pump`].
 #[cfg(feature = "entry")]
 pub(crate) async fn wait_open(
-    engine: &mut Stream,
-    link: &Link,
-    inbox: &mut Inbox,
+    conn: &mut Conn,
     deadline: tokio::time::Instant,
-) -> Result<(), Option<ErrorReason>> {
+) -> Result<(), Option<StreamError>> {
+    let Conn {
+        engine,
+        link,
+        inbox,
+        delivery,
+        ..
+    } = conn;
     loop {
-        while let Some(out) = engine.poll_output() {
-            match out {
-                Output::Publish(m) => {
-                    if let Err(e) = link.send(&m).await {
-                        log::debug!("stream {}: {} not published: {e}", engine.key(), m.kind);
-                    }
-                }
-                Output::Opened => return Ok(()),
-                Output::Refused(r) | Output::Aborted(r) => return Err(Some(r)),
-                Output::Deliver(_) | Output::PeerFinished => {}
-            }
+        if let Some(end) = drain(engine, link, delivery).await {
+            return Err(end.err());
+        }
+        if delivery.opened {
+            return Ok(());
         }
         let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -301,7 +271,7 @@ pub(crate) async fn wait_open(
                         log::debug!("{e}");
                     }
                 }
-                None => return Err(Some(ErrorReason::Other("route-closed".into()))),
+                None => return Err(Some(StreamError::Shutdown)),
             },
             _ = sleep_until_opt(timer) => engine.handle_timeout(Instant::now()),
             _ = tokio::time::sleep_until(deadline) => return Err(None),
@@ -340,20 +310,18 @@ where
         link,
         mut inbox,
         keep,
+        mut delivery,
     } = conn;
     let stats = slot.0.clone();
     let (mut rd, mut wr) = tokio::io::split(socket);
     let mut buf = vec![0u8; READ_CHUNK];
-    stats
-        .bytes_sent
-        .fetch_add(first.len() as u64, Ordering::Relaxed);
+    stats.bytes_sent.fetch_add(first.len() as u64, RELAXED);
     // Bytes read from the socket that the engine has not taken yet.
     let mut pending = first;
     let mut local_eof = false;
-    let mut delivery = Delivery::default();
     loop {
         let now = Instant::now();
-        if let Some(limit) = link.transport.content_limit() {
+        if let Some(limit) = link.transport().content_limit() {
             engine.limit_segment(crate::protocol::max_data_for_content(limit), now);
         }
         if !pending.is_empty() && engine.send_capacity() > 0 {
@@ -367,11 +335,11 @@ where
         if local_eof && pending.is_empty() && !engine.is_finished() {
             engine.finish(now);
         }
-        if let Some(end) = flush(&mut engine, &link, &mut delivery).await {
+        if let Some(end) = drain(&mut engine, &link, &mut delivery).await {
             return stats.record(&engine, end);
         }
         if engine.is_closed() {
-            return stats.record(&engine, End::Closed);
+            return stats.record(&engine, Ok(()));
         }
         if delivery.is_empty() && delivery.shutdown {
             delivery.shutdown = false;
@@ -380,17 +348,17 @@ where
         if engine.is_lingering() && delivery.is_empty() {
             // Done for the local side: release the socket and the caller, and
             // acknowledge the peer's last retransmissions in the background.
-            stats.record(&engine, End::Closed);
+            stats.record(&engine, "lingering");
             drop((rd, wr, slot));
             tokio::spawn(async move {
                 linger(engine, link, inbox).await;
                 drop(keep);
             });
-            return End::Closed;
+            return Ok(());
         }
         if local_eof && engine.dialect() == Dialect::Legacy {
             // A legacy peer has no close message: the local side ending is the end.
-            return stats.record(&engine, End::Closed);
+            return stats.record(&engine, Ok(()));
         }
         let can_read = !local_eof && pending.is_empty() && engine.send_capacity() > 0;
         let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);
@@ -399,18 +367,18 @@ where
                 Ok(n) => {
                     delivery.advance(n);
                     engine.consumed(n);
-                    stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    stats.bytes_received.fetch_add(n as u64, RELAXED);
                 }
                 Err(e) => {
                     log::debug!("stream {}: local write failed: {e}", engine.key());
-                    let end = abort_and_tell(&mut engine, &link, "connection-reset").await;
+                    let end = abort_and_tell(&mut engine, &link, ErrorReason::ConnectionReset).await;
                     return stats.record(&engine, end);
                 }
             },
             r = rd.read(&mut buf), if can_read => match r {
                 Ok(0) | Err(_) => local_eof = true,
                 Ok(n) => {
-                    stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    stats.bytes_sent.fetch_add(n as u64, RELAXED);
                     pending.extend_from_slice(&buf[..n]);
                 }
             },
@@ -420,32 +388,26 @@ where
                         log::warn!("stream {}: {e}", engine.key());
                     }
                 }
-                None => {
-                    let end = End::Aborted(ErrorReason::Other("route-closed".into()));
-                    return stats.record(&engine, end);
-                }
+                None => return stats.record(&engine, Err(StreamError::Shutdown)),
             },
             _ = sleep_until_opt(timer) => engine.handle_timeout(Instant::now()),
             _ = tokio::time::sleep(idle_timeout) => {
                 log::info!("stream {}: idle for {idle_timeout:?}, aborting", engine.key());
-                engine.abort(ErrorReason::Timeout);
-                let _ = flush(&mut engine, &link, &mut delivery).await;
-                return stats.record(&engine, End::Aborted(ErrorReason::Timeout));
+                let end = abort_and_tell(&mut engine, &link, ErrorReason::Timeout).await;
+                return stats.record(&engine, end);
             }
         }
     }
 }
 
+const RELAXED: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
 /// Keeps a finished stream (socket closed, no longer counted as open) until
 /// it has acknowledged the peer's last retransmissions.
 async fn linger(mut engine: Stream, link: Link, mut inbox: Inbox) {
+    let mut ignored = Delivery::default();
     loop {
-        while let Some(out) = engine.poll_output() {
-            if let Output::Publish(m) = out {
-                let _ = link.send(&m).await;
-            }
-        }
-        if engine.is_closed() {
+        if drain(&mut engine, &link, &mut ignored).await.is_some() || engine.is_closed() {
             return;
         }
         let timer = engine.poll_timeout().map(tokio::time::Instant::from_std);

@@ -35,16 +35,19 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::demux::{Demux, Routed};
 use crate::discovery::{
     announcement_event, ANNOUNCE_INTERVAL, ANNOUNCE_LIFETIME, WITHDRAWAL_LIFETIME,
 };
-use crate::driver::{pump, Conn, Inbox, Link, OpenSlot, Stats};
+use crate::driver::{pump, Conn, Inbox};
 use crate::engine::{Stream, StreamConfig};
+use crate::link::Link;
 use crate::names::{encode_nostr_domain, is_nws_host, NameError};
 use crate::policy::EgressPolicy;
 use crate::protocol::{
     Cipher, ErrorReason, Message, MessageType, KIND_EXIT_CERTIFICATE, KIND_EXIT_KEY_BACKUP,
 };
+use crate::stats::{OpenSlot, Stats};
 use crate::tls::{front_domains, FrontCertificate, TlsError};
 use crate::transport::{exit_filter, Transport, TransportError};
 
@@ -147,14 +150,6 @@ pub enum ExitError {
     #[error("the exit has nothing to serve: give a backend, the public mode or an HTTPS front")]
     NothingToServe,
 }
-
-/// Streams of one entry author.
-struct Author {
-    cipher: Cipher,
-    streams: HashMap<String, mpsc::Sender<Message>>,
-}
-
-type Authors = Arc<Mutex<HashMap<PublicKey, Author>>>;
 
 /// A running exit node. Dropping it does not stop it; call [`ExitNode::stop`].
 pub struct ExitNode {
@@ -286,7 +281,7 @@ impl ExitNode {
             tls,
             config: Arc::new(config.clone()),
             transport: transport.clone(),
-            authors: Arc::new(Mutex::new(HashMap::new())),
+            demux: Demux::new(config.keys.clone(), false),
             rates: Mutex::new(HashMap::new()),
             stats: stats.clone(),
             cancel: cancel.clone(),
@@ -419,7 +414,7 @@ struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     config: Arc<ExitConfig>,
     transport: Transport,
-    authors: Authors,
+    demux: Arc<Demux>,
     /// New streams per entry key in the current minute: (minute start, count).
     rates: Mutex<HashMap<PublicKey, (Instant, u32)>>,
     stats: Arc<Stats>,
@@ -444,9 +439,7 @@ impl Server {
         if self.stats.streams_open.load(Ordering::Relaxed) >= c.max_streams {
             return Some(ErrorReason::TooManyStreams);
         }
-        let open_by_author = lock(&self.authors)
-            .get(author)
-            .map_or(0, |a| a.streams.len());
+        let open_by_author = self.demux.streams_of(author);
         if open_by_author >= c.max_streams_per_entry {
             return Some(ErrorReason::TooManyStreams);
         }
@@ -473,49 +466,25 @@ impl Server {
                 ev = inbox.recv() => match ev { Some(ev) => ev, None => return },
                 _ = self.cancel.cancelled() => return,
             };
-            self.dispatch(ev).await;
+            self.dispatch(ev);
         }
     }
 
-    /// Opens one event and hands it to its stream, or starts a stream on `CONNECT`.
-    async fn dispatch(&self, ev: Event) {
-        let author = ev.pubkey;
-        let known = lock(&self.authors).get(&author).map(|a| a.cipher.clone());
-        let cipher = match known {
-            Some(c) => c,
-            None => match Cipher::derive(self.config.keys.secret_key(), &author) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("event {} from {author}: {e}: dropped", ev.id);
-                    return;
-                }
+    /// Hands one event to its stream, or starts a stream on `CONNECT`.
+    /// Never waits on the network: refusals and answers go out from the
+    /// stream's own task, so one slow publish cannot stall every stream.
+    fn dispatch(&self, ev: Event) {
+        match self.demux.route(&ev) {
+            Routed::Delivered | Routed::Dropped => {}
+            Routed::Unclaimed {
+                author,
+                cipher,
+                msg,
+            } => match msg.kind {
+                MessageType::Connect => self.accept(author, cipher, msg),
+                MessageType::ConnectReverse => self.accept_reverse(author, cipher, msg),
+                kind => log::debug!("stream {}: {kind} for an unknown stream: dropped", msg.key),
             },
-        };
-        let msg = match cipher.open(&ev.content) {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("event {} from {author}: {e}: dropped", ev.id);
-                return;
-            }
-        };
-        if msg.key.is_empty() {
-            log::warn!(
-                "event {} from {author}: message without key: dropped",
-                ev.id
-            );
-            return;
-        }
-        {
-            let authors = lock(&self.authors);
-            if let Some(tx) = authors.get(&author).and_then(|a| a.streams.get(&msg.key)) {
-                crate::driver::offer(tx, msg);
-                return;
-            }
-        }
-        match msg.kind {
-            MessageType::Connect => self.accept(author, cipher, msg).await,
-            MessageType::ConnectReverse => self.accept_reverse(author, cipher, msg),
-            kind => log::debug!("stream {}: {kind} for an unknown stream: dropped", msg.key),
         }
     }
 
@@ -530,13 +499,8 @@ impl Server {
             );
             return;
         }
-        let answer = (msg.version.is_some() && !self.config.legacy).then(|| Link {
-            transport: self.transport.clone(),
-            keys: self.config.keys.clone(),
-            peer: author,
-            cipher,
-            relays: self.config.relays.clone(),
-        });
+        let answer =
+            (msg.version.is_some() && !self.config.legacy).then(|| self.link(author, cipher));
         if let Some(reason) = self.admission(&author) {
             log::warn!(
                 "reverse stream {} from {author}: refused ({reason})",
@@ -568,7 +532,21 @@ impl Server {
         });
     }
 
-    async fn accept(&self, author: PublicKey, cipher: Cipher, mut connect: Message) {
+    /// The link back to `author` for one of its streams.
+    fn link(&self, author: PublicKey, cipher: Cipher) -> Link {
+        Link::new(
+            &self.transport,
+            self.config.keys.clone(),
+            author,
+            cipher,
+            self.config.relays.clone(),
+        )
+    }
+
+    /// Starts a stream from a `CONNECT`: admits it (or refuses it with an
+    /// `ERROR` sent from its own task), registers it with the demultiplexer
+    /// and serves it in a task of its own.
+    fn accept(&self, author: PublicKey, cipher: Cipher, mut connect: Message) {
         let key = connect.key.clone();
         if self.config.legacy {
             connect.version = None;
@@ -583,50 +561,26 @@ impl Server {
         if engine.dialect() == crate::engine::Dialect::Legacy {
             log::info!("stream {key}: legacy entry (CONNECT without version)");
         }
-        let link = Link {
-            transport: self.transport.clone(),
-            keys: self.config.keys.clone(),
-            peer: author,
-            cipher: cipher.clone(),
-            relays: self.config.relays.clone(),
-        };
+        let link = self.link(author, cipher.clone());
         if let Some(reason) = self.admission(&author) {
             log::warn!("stream {key} from {author}: refused ({reason})");
             engine.backend_failed(reason);
-            send_all(&mut engine, &link).await;
+            let mut conn = Conn::new(
+                engine,
+                link,
+                Inbox::Messages(mpsc::channel(1).1),
+                Box::new(()),
+            );
+            tokio::spawn(async move { conn.flush().await });
             return;
         }
-        let (tx, rx) = mpsc::channel(crate::driver::STREAM_INBOX);
-        lock(&self.authors)
-            .entry(author)
-            .or_insert_with(|| Author {
-                cipher,
-                streams: HashMap::new(),
-            })
-            .streams
-            .insert(key.clone(), tx);
+        let (rx, registration) = self.demux.register(author, cipher, &key);
         let slot = OpenSlot::new(self.stats.clone());
         let config = self.config.clone();
         let tls = self.tls.clone();
-        let authors = self.authors.clone();
         let cancel = self.cancel.clone();
-        // Forgets the stream (and its author when it was the last) once the
-        // stream has ended and lingered.
-        let forget = OnDrop(Some(move || {
-            let mut authors = lock(&authors);
-            if let Some(a) = authors.get_mut(&author) {
-                a.streams.remove(&key);
-                if a.streams.is_empty() {
-                    authors.remove(&author);
-                }
-            }
-        }));
-        let conn = Conn {
-            engine,
-            link,
-            inbox: Inbox::Messages(rx),
-            keep: Box::new(forget),
-        };
+        // The registration lives until the stream has ended and lingered.
+        let conn = Conn::new(engine, link, Inbox::Messages(rx), Box::new(registration));
         tokio::spawn(async move {
             tokio::select! {
                 _ = serve_stream(conn, &config, tls.as_ref(), slot) => {}
@@ -794,18 +748,17 @@ async fn serve_stream(
     tls: Option<&tokio_rustls::TlsAcceptor>,
     slot: OpenSlot,
 ) {
-    let Conn { engine, link, .. } = &mut conn;
-    let key = engine.key().to_string();
-    let destination = engine.destination().to_string();
+    let key = conn.key().to_string();
+    let destination = conn.engine.destination().to_string();
     let local = match open_target(config, tls, &destination, &key).await {
         Ok(s) => s,
         Err(reason) => {
-            engine.backend_failed(reason);
-            send_all(engine, link).await;
+            conn.engine.backend_failed(reason);
+            conn.flush().await;
             return;
         }
     };
-    engine.backend_connected(Instant::now());
+    conn.engine.backend_connected(Instant::now());
     log::debug!("stream {key}: open to `{destination}`");
     let end = pump(conn, local, Vec::new(), config.idle_timeout, slot).await;
     log::debug!("stream {key}: ended ({end:?})");
@@ -870,28 +823,6 @@ async fn serve_reverse(
 async fn refuse_reverse(link: &Link, key: &str, reason: ErrorReason) {
     if let Err(e) = link.send(&Message::error(key, &reason)).await {
         log::warn!("reverse stream {key}: cannot send ERROR {reason}: {e}");
-    }
-}
-
-/// Publishes whatever the engine queued (used when the stream ends early).
-async fn send_all(engine: &mut Stream, link: &Link) {
-    while let Some(out) = engine.poll_output() {
-        if let crate::engine::Output::Publish(m) = out {
-            if let Err(e) = link.send(&m).await {
-                log::warn!("stream {}: cannot publish {}: {e}", engine.key(), m.kind);
-            }
-        }
-    }
-}
-
-/// Runs a closure when dropped.
-struct OnDrop<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
     }
 }
 

@@ -15,15 +15,19 @@
 pub use nws_protocol as protocol;
 pub use nws_protocol::{engine, names};
 
+pub mod accept;
+pub mod demux;
 pub mod discovery;
 pub mod driver;
 #[cfg(feature = "entry")]
 pub mod entry;
 #[cfg(feature = "exit")]
 pub mod exit;
+pub mod link;
 pub mod nip11;
 #[cfg(feature = "exit")]
 pub mod policy;
+pub mod stats;
 pub mod sync;
 pub mod tls;
 pub mod transport;

@@ -174,7 +174,8 @@ fn normalize_domain(domain: &str) -> Result<String, TlsError> {
     if name.is_empty() || name.len() > 253 || name.split('.').any(|l| l.len() > 63) {
         return Err(TlsError::InvalidDomain(domain.to_owned()));
     }
-    rustls::pki_types::DnsName::try_from(name.as_str()).map_err(|_| TlsError::InvalidDomain(domain.to_owned()))?;
+    rustls::pki_types::DnsName::try_from(name.as_str())
+        .map_err(|_| TlsError::InvalidDomain(domain.to_owned()))?;
     Ok(name)
 }
 

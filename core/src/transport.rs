@@ -57,9 +57,13 @@ pub enum TransportError {
     /// No relay was given.
     #[error("no relays configured")]
     NoRelays,
-    /// The relay pool refused the operation.
+    /// The relay pool refused the operation (a relay URL it cannot use, say).
     #[error("relay pool: {0}")]
     Pool(String),
+    /// No relay took the event: every relay is disconnected or its queue
+    /// refused it. The text names each relay and why.
+    #[error("no relay took the event ({0})")]
+    NotPublished(String),
     /// The transport was shut down.
     #[error("transport is shut down")]
     Shutdown,
@@ -363,7 +367,12 @@ impl Transport {
     ///
     /// Events given to one relay go out in call order. When a relay's send
     /// queue is long, this waits (bounded) so a fast sender cannot grow it
-    /// without limit. Fails only if no relay took the event.
+    /// without limit.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::NotPublished`] if no relay took the event;
+    /// [`TransportError::Pool`] if the pool refused the call.
     pub async fn publish(&self, event: &Event, relays: &[RelayUrl]) -> Result<(), TransportError> {
         self.wait_for_queue_room(relays).await;
         let out = self
@@ -386,10 +395,7 @@ impl Transport {
                 .iter()
                 .map(|(u, e)| format!("{u}: {e}"))
                 .collect();
-            return Err(TransportError::Pool(format!(
-                "no relay took the event ({})",
-                why.join("; ")
-            )));
+            return Err(TransportError::NotPublished(why.join("; ")));
         }
         Ok(())
     }

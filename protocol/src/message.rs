@@ -150,7 +150,11 @@ pub enum ErrorReason {
     Timeout,
     /// The peer broke the stream protocol.
     ProtocolError,
-    /// Any other reason (the code as received).
+    /// The sender's local socket (the client's at the entry, the backend's
+    /// at the exit) failed or was reset while bytes were still to go.
+    ConnectionReset,
+    /// A code this implementation does not know, as received. Never sent:
+    /// every code this implementation sends is one of the variants above.
     Other(String),
 }
 
@@ -165,6 +169,7 @@ impl ErrorReason {
             Self::TooManyStreams => "too-many-streams",
             Self::Timeout => "timeout",
             Self::ProtocolError => "protocol-error",
+            Self::ConnectionReset => "connection-reset",
             Self::Other(s) => s,
         }
     }
@@ -179,6 +184,7 @@ impl ErrorReason {
             "too-many-streams" => Self::TooManyStreams,
             "timeout" => Self::Timeout,
             "protocol-error" => Self::ProtocolError,
+            "connection-reset" => Self::ConnectionReset,
             other => Self::Other(other.to_string()),
         }
     }

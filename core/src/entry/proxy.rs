@@ -1,0 +1,282 @@
+//! The entry proxy ([`EntryProxy`]): SOCKS5 and HTTP listeners on loopback
+//! that turn each client connection into a stream through the [`Entry`].
+//! Accepting, the connection cap and refusals past it are the shared
+//! [`accept_loop`](crate::accept::accept_loop).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::{accept_loop, Cap, Stopped};
+
+use super::{http, socks5, Entry, EntryConfig, EntryError};
+
+/// Clients past `max_connections` waiting for a slot at once; more are
+/// closed unanswered.
+const WAITING_AT_MOST: usize = 256;
+
+/// A running entry proxy with its SOCKS5 and HTTP listeners.
+pub struct EntryProxy {
+    entry: Entry,
+    socks_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Accept loops still running.
+    listening: Arc<AtomicUsize>,
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Socks5,
+    Http,
+}
+
+impl EntryProxy {
+    /// Binds the configured listeners and starts serving. On error nothing
+    /// is left running.
+    pub async fn start(config: EntryConfig) -> Result<Self, EntryError> {
+        let entry = Entry::new(config.clone()).await?;
+        if let Some(addr) = config.public_address {
+            if let Err(e) = entry.listen_public(addr).await {
+                entry.shutdown().await;
+                return Err(e);
+            }
+        }
+        let cancel = CancellationToken::new();
+        let cap = Cap {
+            connections: config.max_connections,
+            waiting: WAITING_AT_MOST,
+            wait: config.handshake_timeout,
+        };
+        let limit = cap.semaphore();
+        let listening = Arc::new(AtomicUsize::new(0));
+        let mut proxy = Self {
+            entry,
+            socks_addr: None,
+            http_addr: None,
+            cancel,
+            tasks: Vec::new(),
+            listening,
+        };
+        for (addr, proto) in [
+            (config.socks_listen, Protocol::Socks5),
+            (config.http_listen, Protocol::Http),
+        ] {
+            let Some(addr) = addr else { continue };
+            match proxy.listen(addr, proto, (cap, limit.clone())).await {
+                Ok(local) => match proto {
+                    Protocol::Socks5 => proxy.socks_addr = Some(local),
+                    Protocol::Http => proxy.http_addr = Some(local),
+                },
+                Err(e) => {
+                    proxy.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(proxy)
+    }
+
+    async fn listen(
+        &mut self,
+        addr: SocketAddr,
+        proto: Protocol,
+        cap: (Cap, Arc<Semaphore>),
+    ) -> Result<SocketAddr, EntryError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| EntryError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| EntryError::Bind { addr, source })?;
+        self.listening.fetch_add(1, Ordering::Relaxed);
+        let (serve_entry, refuse_entry) = (self.entry.clone(), self.entry.clone());
+        let serve = move |sock, _peer| {
+            let entry = serve_entry.clone();
+            async move {
+                match proto {
+                    Protocol::Socks5 => serve_socks(&entry, sock).await,
+                    Protocol::Http => serve_http(&entry, sock).await,
+                }
+            }
+        };
+        let refuse_client = move |sock, _peer| {
+            let entry = refuse_entry.clone();
+            async move { refuse(&entry, sock, proto).await }
+        };
+        let name = match proto {
+            Protocol::Socks5 => "SOCKS5 proxy",
+            Protocol::Http => "HTTP proxy",
+        };
+        let listening = self.listening.clone();
+        let cancel = self.cancel.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let stopped =
+                accept_loop(listener, name, cancel, Some(cap), serve, refuse_client).await;
+            if stopped == Stopped::ListenerGone {
+                log::warn!("{name}: start the proxy again to listen again");
+            }
+            listening.fetch_sub(1, Ordering::Relaxed);
+        }));
+        Ok(local)
+    }
+
+    /// Whether every configured listener is still accepting connections.
+    /// False once the OS has taken a listening socket away (iOS does so in
+    /// the background); start the proxy again then.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed) == self.tasks.len()
+    }
+
+    /// Where the SOCKS5 proxy listens.
+    pub fn socks_addr(&self) -> Option<SocketAddr> {
+        self.socks_addr
+    }
+
+    /// Where the HTTP proxy listens.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Where the entry listens for exits' reverse connections (`CONNECTR`).
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.entry.public_addr()
+    }
+
+    /// The entry the proxy uses, for opening streams directly.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Stops listening, ends every client connection, disconnects relays.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.entry.shutdown().await;
+    }
+}
+
+/// Answers a client past the connection cap: reads its request (credentials
+/// are checked as usual, within the handshake timeout) and refuses it with
+/// SOCKS5 reply 1 "general failure" or HTTP 503.
+async fn refuse(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
+    let creds = entry.config.credentials.as_ref();
+    let deadline = entry.config.handshake_timeout;
+    match proto {
+        Protocol::Socks5 => {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(deadline, socks5::accept(&mut sock, creds)).await
+            {
+                let _ = socks5::reply(&mut sock, socks5::ReplyCode::GeneralFailure).await;
+            }
+        }
+        Protocol::Http => {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(deadline, http::read_request(&mut sock, creds)).await
+            {
+                let msg = "too many connections to the proxy; try again later";
+                let _ = http::write_error(&mut sock, 503, msg).await;
+            }
+        }
+    }
+}
+
+async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
+    let creds = entry.config.credentials.as_ref();
+    let target = match tokio::time::timeout(
+        entry.config.handshake_timeout,
+        socks5::accept(&mut sock, creds),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            log::info!("SOCKS5 client refused: {e}");
+            return;
+        }
+        Err(_) => {
+            log::info!("SOCKS5 client too slow to send its request");
+            return;
+        }
+    };
+    match entry.open(&target.host(), target.port()).await {
+        Err(e) => {
+            log::info!("SOCKS5 {target}: {e}");
+            let _ = socks5::reply(&mut sock, e.socks_reply()).await;
+        }
+        Ok(stream) => {
+            if socks5::reply(&mut sock, socks5::ReplyCode::Succeeded)
+                .await
+                .is_ok()
+            {
+                if let Err(r) = stream.run(sock, Vec::new()).await {
+                    log::debug!("SOCKS5 {target}: stream ended: {r}");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http(entry: &Entry, mut sock: TcpStream) {
+    let creds = entry.config.credentials.as_ref();
+    let req = match tokio::time::timeout(
+        entry.config.handshake_timeout,
+        http::read_request(&mut sock, creds),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            log::info!("HTTP proxy client refused: {e}");
+            if !matches!(
+                e,
+                http::HttpProxyError::Io(_) | http::HttpProxyError::ClosedEarly
+            ) {
+                let _ = http::write_error(&mut sock, e.status(), &e.to_string()).await;
+            }
+            return;
+        }
+        Err(_) => {
+            log::info!("HTTP proxy client too slow to send its request");
+            let _ = http::write_error(&mut sock, 408, "request head not received in time").await;
+            return;
+        }
+    };
+    let (host, port) = (req.host().to_string(), req.port());
+    // A forwarded request is known before the stream opens: its head can
+    // ride in the CONNECT (0-RTT). A CONNECT client waits for our 200.
+    let (connect, mut first) = match req {
+        http::ProxyRequest::Connect { leftover, .. } => (true, leftover),
+        http::ProxyRequest::Forward {
+            mut head, leftover, ..
+        } => {
+            head.extend_from_slice(&leftover);
+            (false, head)
+        }
+    };
+    let early: &[u8] = if connect { &[] } else { &first };
+    let stream = match entry.open_early(&host, port, early).await {
+        Ok((s, sent)) => {
+            first.drain(..sent);
+            s
+        }
+        Err(e) => {
+            log::info!("HTTP proxy {host}:{port}: {e}");
+            let _ = http::write_error(&mut sock, e.http_status(), &e.to_string()).await;
+            return;
+        }
+    };
+    if connect && http::write_connect_established(&mut sock).await.is_err() {
+        return;
+    }
+    if let Err(r) = stream.run(sock, first).await {
+        log::debug!("HTTP proxy {host}:{port}: stream ended: {r}");
+    }
+}

@@ -1,0 +1,58 @@
+//! Counters of an entry's or an exit's streams, shared by every stream task
+//! and read by the CLI, the bindings' `status()` and the benchmark.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::engine::Stream;
+
+/// Counters shared by every stream of an entry or exit.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Streams open now.
+    pub streams_open: AtomicUsize,
+    /// Streams opened since start.
+    pub streams_total: AtomicU64,
+    /// Bytes read from local sockets and sent to peers.
+    pub bytes_sent: AtomicU64,
+    /// Bytes received from peers and written to local sockets.
+    pub bytes_received: AtomicU64,
+    /// Data and `CLOSE` messages of finished version-2 streams, first sends.
+    pub segments_sent: AtomicU64,
+    /// Data and `CLOSE` messages of finished version-2 streams sent again
+    /// (retransmissions and split resends).
+    pub segments_resent: AtomicU64,
+}
+
+impl Stats {
+    /// Adds a finished stream's message counts and logs them (debug).
+    pub(crate) fn record<E: std::fmt::Debug>(&self, engine: &Stream, end: E) -> E {
+        let (sent, resent) = engine.segment_counts();
+        self.segments_sent.fetch_add(sent, Ordering::Relaxed);
+        self.segments_resent.fetch_add(resent, Ordering::Relaxed);
+        log::debug!(
+            "stream {}: ended ({end:?}); {sent} data messages sent, {resent} sent again",
+            engine.key()
+        );
+        end
+    }
+}
+
+/// One stream counted in [`Stats::streams_open`] until dropped. A stream
+/// stops counting when it only lingers after closing.
+pub(crate) struct OpenSlot(pub(crate) Arc<Stats>);
+
+impl OpenSlot {
+    /// Counts a new open stream.
+    pub fn new(stats: Arc<Stats>) -> Self {
+        stats.streams_open.fetch_add(1, Ordering::Relaxed);
+        stats.streams_total.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
