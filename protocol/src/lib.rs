@@ -12,6 +12,8 @@
 //! - [`engine`]: the sans-IO stream engine (offsets, acknowledgements,
 //!   retransmission, flow control, close), and its legacy dialect.
 //! - [`addr`]: the one `host:port` parser and printer.
+//! - [`credentials`], [`socks5`] and [`http`]: the entry proxy's client
+//!   requests, parsed from buffers (`parse(&[u8]) -> Result<Option<(_, used)>, _>`).
 //! - [`reverse`]: the reverse-connect (`CONNECTR`) handshake's constants.
 //!
 //! The wire format is written down in `docs/PROTOCOL.md`; the crates and how
@@ -19,10 +21,13 @@
 
 pub mod addr;
 pub mod codec;
+pub mod credentials;
 pub mod engine;
+pub mod http;
 pub mod message;
 pub mod names;
 pub mod reverse;
+pub mod socks5;
 
 pub use addr::{AddrError, HostPort};
 pub use codec::{build_stream_event, recipient, Cipher, CodecError};

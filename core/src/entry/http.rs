@@ -1,140 +1,45 @@
-//! The request side of an HTTP/1.1 forward proxy (RFC 9110, RFC 9112) with
-//! optional Basic authentication (RFC 7617, RFC 9110 §11.7.1).
-//!
-//! [`read_request`] reads and checks one request head and says where the
-//! stream should go: a `CONNECT host:port` tunnel ([`ProxyRequest::Connect`],
-//! answered with [`write_connect_established`]) or a plain-HTTP request in
-//! absolute form ([`ProxyRequest::Forward`], whose head is rewritten for the
-//! origin server). Errors map to a status code ([`HttpProxyError::status`])
-//! for [`write_error`].
+//! The HTTP proxy's socket side: reads one request head from a client into
+//! a buffer for the sans-IO parser ([`nws_protocol::http::parse`]) and
+//! writes the proxy's answers.
 
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::entry::socks5::Credentials;
+use crate::protocol::http::{error_response, parse, CONNECT_ESTABLISHED};
+pub use crate::protocol::http::{HttpProxyError, ProxyRequest, MAX_HEADERS, MAX_HEAD_BYTES};
 
-/// Largest request head accepted, in bytes (request line, headers and the
-/// blank line).
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most header fields accepted in one request head.
-const MAX_HEADERS: usize = 128;
+use super::socks5::Credentials;
+
 /// Bytes asked for per read while looking for the end of the head.
 const READ_CHUNK: usize = 8 * 1024;
-/// Standard base64 (RFC 4648 §4) that accepts credentials with or without padding.
-const BASIC_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
-/// What a proxy client asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProxyRequest {
-    /// `CONNECT host:port` (authority form, RFC 9110 §9.3.6): open a tunnel.
-    /// The caller answers with [`write_connect_established`] and then relays
-    /// bytes both ways, starting with `leftover`.
-    Connect {
-        /// Host name or IP address (IPv6 without brackets), lower case, IDNA
-        /// to ASCII; may be an NWS name.
-        host: String,
-        /// TCP port (required in CONNECT, never 0).
-        port: u16,
-        /// Bytes the client sent after the head, already read from the
-        /// socket (e.g. an eager TLS ClientHello).
-        leftover: Vec<u8>,
-    },
-    /// A plain-HTTP request in absolute form, e.g.
-    /// `GET http://host[:port]/path HTTP/1.1` (RFC 9112 §3.2.2). The caller
-    /// writes `head` and then `leftover` to the stream and relays the rest.
-    Forward {
-        /// Host name or IP address (IPv6 without brackets), lower case, IDNA
-        /// to ASCII; may be an NWS name.
-        host: String,
-        /// TCP port; 80 when the URL has none.
-        port: u16,
-        /// The request head rewritten for the origin server, ending in
-        /// `\r\n\r\n`:
-        ///
-        /// * request line in origin form (`GET /path?q HTTP/1.1`), fragment
-        ///   dropped, path and query byte for byte as the client sent them;
-        /// * `Host` set to the URL's authority (RFC 9112 §3.2.2: a proxy
-        ///   replaces any received `Host` with the request target's), as the
-        ///   first header;
-        /// * every `Proxy-*` header (`Proxy-Authorization`,
-        ///   `Proxy-Connection`, …) removed, and the hop-by-hop headers
-        ///   `Connection`, `Keep-Alive` and any named in `Connection`
-        ///   (RFC 9110 §7.6.1) removed;
-        /// * `Connection: close` appended: one stream carries exactly one
-        ///   request, because the stream was opened for this request's host
-        ///   and the proxy does not parse later requests on the connection,
-        ///   which might be for another host. The origin therefore closes
-        ///   after its response, and so does the proxy.
-        ///
-        /// Other headers keep their order, names and values.
-        head: Vec<u8>,
-        /// Body bytes the client sent after the head, already read.
-        leftover: Vec<u8>,
-    },
-}
-
-impl ProxyRequest {
-    /// The host the stream should go to (an NWS name or an ordinary host).
-    pub fn host(&self) -> &str {
-        match self {
-            Self::Connect { host, .. } | Self::Forward { host, .. } => host,
-        }
-    }
-
-    /// The TCP port the stream should go to.
-    pub fn port(&self) -> u16 {
-        match self {
-            Self::Connect { port, .. } | Self::Forward { port, .. } => *port,
-        }
-    }
-}
-
-/// Why a proxy request was refused; [`HttpProxyError::status`] gives the
-/// status code to answer with.
+/// Why reading a proxy request failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpProxyError {
+pub enum RequestError {
     /// Reading the request from the client failed.
     #[error("I/O error reading the request: {0}")]
     Io(#[from] std::io::Error),
-    /// The client closed the connection before sending a complete request head.
-    #[error("client closed the connection before the request head was complete")]
-    ClosedEarly,
-    /// The request head is malformed or its request target is unusable; the text says how.
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// Credentials are configured and the request lacks a matching `Proxy-Authorization: Basic`.
-    #[error("proxy authentication required")]
-    AuthRequired,
-    /// The request head exceeds 64 KiB or 128 header fields.
-    #[error("request head larger than 64 KiB or 128 header fields")]
-    HeaderTooLarge,
-    /// The absolute-form target uses a scheme other than `http` (for TLS, clients use CONNECT).
-    #[error("unsupported URL scheme `{0}`; only http:// is forwarded (use CONNECT for https)")]
-    UnsupportedScheme(String),
+    /// The request is refused; [`HttpProxyError::status`] says how to answer.
+    #[error(transparent)]
+    Http(#[from] HttpProxyError),
 }
 
-impl HttpProxyError {
-    /// The HTTP status code to answer with: 400 Bad Request for I/O, early
-    /// close and malformed requests, 407 Proxy Authentication Required,
-    /// 431 Request Header Fields Too Large, 501 Not Implemented for an
-    /// unsupported scheme.
+impl RequestError {
+    /// The status to answer with (400 for an I/O failure).
     pub fn status(&self) -> u16 {
         match self {
-            Self::Io(_) | Self::ClosedEarly | Self::BadRequest(_) => 400,
-            Self::AuthRequired => 407,
-            Self::HeaderTooLarge => 431,
-            Self::UnsupportedScheme(_) => 501,
+            Self::Io(_) => 400,
+            Self::Http(e) => e.status(),
         }
+    }
+
+    /// Whether the client can still be answered (not gone or failed).
+    pub fn can_answer(&self) -> bool {
+        !matches!(self, Self::Io(_) | Self::Http(HttpProxyError::ClosedEarly))
     }
 }
 
-/// Reads one request head from `stream` and classifies it (RFC 9112 §3,
-/// parsed with `httparse`).
+/// Reads one request head from `stream` and classifies it with
+/// [`nws_protocol::http::parse`] (RFC 9112 §3).
 ///
 /// The head may be at most [`MAX_HEAD_BYTES`] (64 KiB) and 128 header
 /// fields. Reading stops once the head is complete; whatever else the last
@@ -150,7 +55,7 @@ impl HttpProxyError {
 ///
 /// # Errors
 ///
-/// * [`HttpProxyError::Io`] / [`HttpProxyError::ClosedEarly`]: reading failed
+/// * [`RequestError::Io`] / [`HttpProxyError::ClosedEarly`]: reading failed
 ///   or the client closed before the head ended.
 /// * [`HttpProxyError::HeaderTooLarge`]: over 64 KiB or 128 headers.
 /// * [`HttpProxyError::BadRequest`]: malformed head, origin-form target
@@ -163,7 +68,7 @@ impl HttpProxyError {
 pub async fn read_request<S>(
     stream: &mut S,
     credentials: Option<&Credentials>,
-) -> Result<ProxyRequest, HttpProxyError>
+) -> Result<ProxyRequest, RequestError>
 where
     S: AsyncRead + Unpin,
 {
@@ -172,246 +77,16 @@ where
     loop {
         let read = stream.read(&mut chunk).await?;
         if read == 0 {
-            return Err(HttpProxyError::ClosedEarly);
+            return Err(HttpProxyError::ClosedEarly.into());
         }
         buf.extend_from_slice(chunk.get(..read).unwrap_or_default());
-        if let Some(request) = parse_head(&buf, credentials)? {
+        if let Some((request, _)) = parse(&buf, credentials)? {
             return Ok(request);
         }
         if buf.len() >= MAX_HEAD_BYTES {
-            return Err(HttpProxyError::HeaderTooLarge);
+            return Err(HttpProxyError::HeaderTooLarge.into());
         }
     }
-}
-
-/// Parses `buf` if it holds a complete head: `Ok(None)` if more is needed.
-fn parse_head(
-    buf: &[u8],
-    credentials: Option<&Credentials>,
-) -> Result<Option<ProxyRequest>, HttpProxyError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Ok(httparse::Status::Complete(len)) => len,
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpProxyError::HeaderTooLarge),
-        Err(e) => {
-            return Err(HttpProxyError::BadRequest(format!(
-                "malformed request head: {e}"
-            )))
-        }
-    };
-    if head_len > MAX_HEAD_BYTES {
-        return Err(HttpProxyError::HeaderTooLarge);
-    }
-    let leftover = buf.get(head_len..).unwrap_or_default().to_vec();
-
-    // A complete parse always sets these; treat their absence as malformed.
-    let (Some(method), Some(target), Some(version)) =
-        (request.method, request.path, request.version)
-    else {
-        return Err(HttpProxyError::BadRequest("incomplete request line".into()));
-    };
-    if let Some(credentials) = credentials {
-        check_basic_auth(request.headers, credentials)?;
-    }
-
-    if method == "CONNECT" {
-        let authority = parse_authority(target, None)?;
-        return Ok(Some(ProxyRequest::Connect {
-            host: authority.host,
-            port: authority.port,
-            leftover,
-        }));
-    }
-
-    let (authority_text, origin_form) = split_absolute_form(target)?;
-    let authority = parse_authority(authority_text, Some(80))?;
-    let head = rewrite_head(
-        method,
-        origin_form,
-        version,
-        authority_text,
-        request.headers,
-    );
-    Ok(Some(ProxyRequest::Forward {
-        host: authority.host,
-        port: authority.port,
-        head,
-        leftover,
-    }))
-}
-
-/// Accepts the request if any `Proxy-Authorization` header carries Basic
-/// credentials (RFC 7617 §2) equal to `credentials`.
-fn check_basic_auth(
-    headers: &[httparse::Header<'_>],
-    credentials: &Credentials,
-) -> Result<(), HttpProxyError> {
-    let authorized = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("proxy-authorization"))
-        .any(|h| basic_credentials_match(h.value, credentials));
-    if authorized {
-        Ok(())
-    } else {
-        Err(HttpProxyError::AuthRequired)
-    }
-}
-
-/// Whether one `Proxy-Authorization` value is `Basic <token68>` (scheme
-/// case-insensitive, RFC 9110 §11.1) whose decoded `user-id:password` matches.
-fn basic_credentials_match(value: &[u8], credentials: &Credentials) -> bool {
-    let Ok(value) = std::str::from_utf8(value) else {
-        return false;
-    };
-    let Some((scheme, token)) = value.trim().split_once(' ') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
-    }
-    let Ok(decoded) = BASIC_BASE64.decode(token.trim()) else {
-        return false;
-    };
-    // RFC 7617 §2: the user-id cannot contain a colon; the password may.
-    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-        return false;
-    };
-    let (user, rest) = decoded.split_at(colon);
-    credentials.matches(user, rest.get(1..).unwrap_or_default())
-}
-
-/// A validated `host[:port]`.
-struct Authority {
-    /// Host as text: lower-case ASCII domain, dotted IPv4, or IPv6 without brackets.
-    host: String,
-    /// The port, or the default.
-    port: u16,
-}
-
-/// Parses `uri-host [":" port]` (RFC 3986 §3.2.2–3.2.3), with the host
-/// validated and normalized by the `url` crate (WHATWG host parser: IDNA to
-/// ASCII, lower case, bracketed IPv6). `default_port` of `None` makes the
-/// port mandatory (CONNECT).
-fn parse_authority(text: &str, default_port: Option<u16>) -> Result<Authority, HttpProxyError> {
-    let bad = |why: &str| HttpProxyError::BadRequest(format!("{why} in `{text}`"));
-    if text.is_empty() {
-        return Err(bad("empty host"));
-    }
-    if text.contains('@') {
-        // RFC 9110 §4.2.4: userinfo in an http URI is to be treated as an error.
-        return Err(bad("userinfo not allowed"));
-    }
-    let (host_text, port_text) = if text.starts_with('[') {
-        let close = text
-            .find(']')
-            .ok_or_else(|| bad("unterminated IPv6 literal"))?;
-        let (host, rest) = text.split_at(close + 1);
-        match rest {
-            "" => (host, None),
-            _ => match rest.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => return Err(bad("junk after IPv6 literal")),
-            },
-        }
-    } else {
-        match text.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        }
-    };
-
-    let port = match port_text.filter(|p| !p.is_empty()) {
-        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u16>() {
-            Ok(0) | Err(_) => return Err(bad("port out of range")),
-            Ok(port) => port,
-        },
-        Some(_) => return Err(bad("invalid port")),
-        None => default_port.ok_or_else(|| bad("missing port"))?,
-    };
-
-    if host_text.is_empty() {
-        return Err(bad("empty host"));
-    }
-    let host = match url::Host::parse(host_text) {
-        Ok(url::Host::Domain(domain)) => domain,
-        Ok(url::Host::Ipv4(ip)) => ip.to_string(),
-        Ok(url::Host::Ipv6(ip)) => ip.to_string(),
-        Err(e) => return Err(bad(&format!("invalid host ({e})"))),
-    };
-    Ok(Authority { host, port })
-}
-
-/// Splits an absolute-form `http://authority/path?query#fragment` target
-/// into the authority text and the origin form (`/path?query`, at least
-/// `/`; the fragment is dropped).
-fn split_absolute_form(target: &str) -> Result<(&str, String), HttpProxyError> {
-    if target.starts_with('/') {
-        return Err(HttpProxyError::BadRequest(format!(
-            "origin-form target `{target}`: this is a proxy, send absolute-form `http://host/…`"
-        )));
-    }
-    let Some((scheme, rest)) = target.split_once("://") else {
-        return Err(HttpProxyError::BadRequest(format!(
-            "request target `{target}` is not absolute-form `http://host/…`"
-        )));
-    };
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(HttpProxyError::UnsupportedScheme(
-            scheme.to_ascii_lowercase(),
-        ));
-    }
-    let without_fragment = rest.split_once('#').map_or(rest, |(before, _)| before);
-    let authority_end = without_fragment
-        .find(['/', '?'])
-        .unwrap_or(without_fragment.len());
-    let (authority, path) = without_fragment.split_at(authority_end);
-    let origin_form = if path.is_empty() {
-        "/".to_owned()
-    } else if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_owned()
-    };
-    Ok((authority, origin_form))
-}
-
-/// Builds the origin-form head described at [`ProxyRequest::Forward`].
-fn rewrite_head(
-    method: &str,
-    origin_form: String,
-    version: u8,
-    authority: &str,
-    headers: &[httparse::Header<'_>],
-) -> Vec<u8> {
-    // Header names listed in `Connection` are hop-by-hop (RFC 9110 §7.6.1).
-    let connection_options: Vec<String> = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .filter_map(|h| std::str::from_utf8(h.value).ok())
-        .flat_map(|v| v.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .filter(|token| !token.is_empty())
-        .collect();
-    let is_dropped = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        name.starts_with("proxy-")
-            || matches!(name.as_str(), "host" | "connection" | "keep-alive")
-            || connection_options.contains(&name)
-    };
-
-    let mut head = Vec::with_capacity(1024);
-    head.extend_from_slice(format!("{method} {origin_form} HTTP/1.{version}\r\n").as_bytes());
-    head.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
-    for header in headers.iter().filter(|h| !is_dropped(h.name)) {
-        head.extend_from_slice(header.name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(header.value);
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"Connection: close\r\n\r\n");
-    head
 }
 
 /// Writes `HTTP/1.1 200 Connection established\r\n\r\n` (the answer to a
@@ -424,46 +99,12 @@ pub async fn write_connect_established<S>(stream: &mut S) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
-    stream
-        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        .await?;
+    stream.write_all(CONNECT_ESTABLISHED).await?;
     stream.flush().await
 }
 
-/// The reason phrase for the status codes this proxy uses.
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    }
-}
-
-/// Writes a short error response and flushes:
-///
-/// ```text
-/// HTTP/1.1 <status> <reason>\r\n
-/// Content-Type: text/plain; charset=utf-8\r\n
-/// Content-Length: <len>\r\n
-/// Connection: close\r\n
-/// [Proxy-Authenticate: Basic realm="nws"\r\n]   (407 only, RFC 7617 §2)
-/// \r\n
-/// <message>\n
-/// ```
-///
-/// A `status` outside 100–599 is sent as 500. `message` goes only in the
-/// body, so it cannot inject headers.
+/// Writes a short error response ([`nws_protocol::http::error_response`])
+/// and flushes.
 ///
 /// # Errors
 ///
@@ -472,24 +113,7 @@ pub async fn write_error<S>(stream: &mut S, status: u16, message: &str) -> std::
 where
     S: AsyncWrite + Unpin,
 {
-    let status = if (100..=599).contains(&status) {
-        status
-    } else {
-        500
-    };
-    let body = format!("{message}\n");
-    let mut response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n",
-        reason_phrase(status),
-        body.len()
-    );
-    if status == 407 {
-        response.push_str("Proxy-Authenticate: Basic realm=\"nws\"\r\n");
-    }
-    response.push_str("\r\n");
-    response.push_str(&body);
-    stream.write_all(response.as_bytes()).await?;
+    stream.write_all(&error_response(status, message)).await?;
     stream.flush().await
 }
 
@@ -512,7 +136,11 @@ mod tests {
         credentials: Option<&Credentials>,
     ) -> Result<ProxyRequest, HttpProxyError> {
         let mut reader = input;
-        read_request(&mut reader, credentials).await
+        match read_request(&mut reader, credentials).await {
+            Ok(r) => Ok(r),
+            Err(RequestError::Http(e)) => Err(e),
+            Err(RequestError::Io(e)) => panic!("in-memory reader failed: {e}"),
+        }
     }
 
     fn forward_parts(request: ProxyRequest) -> (String, u16, String, Vec<u8>) {

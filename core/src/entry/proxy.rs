@@ -190,7 +190,7 @@ async fn refuse(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
 
 async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
     let creds = entry.config.credentials.as_ref();
-    let target = match tokio::time::timeout(
+    let (target, first) = match tokio::time::timeout(
         entry.config.handshake_timeout,
         socks5::accept(&mut sock, creds),
     )
@@ -216,7 +216,7 @@ async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
                 .await
                 .is_ok()
             {
-                if let Err(r) = stream.run(sock, Vec::new()).await {
+                if let Err(r) = stream.run(sock, first).await {
                     log::debug!("SOCKS5 {target}: stream ended: {r}");
                 }
             }
@@ -235,10 +235,7 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             log::info!("HTTP proxy client refused: {e}");
-            if !matches!(
-                e,
-                http::HttpProxyError::Io(_) | http::HttpProxyError::ClosedEarly
-            ) {
+            if e.can_answer() {
                 let _ = http::write_error(&mut sock, e.status(), &e.to_string()).await;
             }
             return;

@@ -1,9 +1,38 @@
-//! HTTP proxy request heads (RFC 9112), read in fuzzed pieces.
+//! HTTP proxy request heads (RFC 9112), arriving in fuzzed pieces.
 
-use nws_core::entry::http::{read_request, write_error, HttpProxyError, ProxyRequest};
-use nws_core::entry::socks5::Credentials;
+use nws_protocol::credentials::Credentials;
+use nws_protocol::http::{error_response, parse, HttpProxyError, ProxyRequest, MAX_HEAD_BYTES};
 
-use crate::io::{ready, MockClient};
+/// Feeds `input` to the parser the way the entry's socket reader does: in
+/// pieces of `read_size` bytes (0: all at once), parsing after each, until
+/// the head is complete, the input ends (`ClosedEarly`) or 64 KiB are held
+/// without a complete head. Returns the outcome and the bytes taken in.
+fn read_in_pieces(
+    input: &[u8],
+    read_size: usize,
+    credentials: Option<&Credentials>,
+) -> (Result<ProxyRequest, HttpProxyError>, usize) {
+    let step = if read_size == 0 {
+        usize::MAX
+    } else {
+        read_size
+    };
+    let mut held = 0usize;
+    loop {
+        if held == input.len() {
+            return (Err(HttpProxyError::ClosedEarly), held);
+        }
+        held = held.saturating_add(step).min(input.len());
+        match parse(&input[..held], credentials) {
+            Ok(Some((request, _))) => return (Ok(request), held),
+            Ok(None) if held >= MAX_HEAD_BYTES => {
+                return (Err(HttpProxyError::HeaderTooLarge), held)
+            }
+            Ok(None) => {}
+            Err(e) => return (Err(e), held),
+        }
+    }
+}
 
 /// Credentials used when the first input byte asks for authentication;
 /// `Basic YWxpY2U6cGE6c3M=` matches.
@@ -23,19 +52,10 @@ pub fn http_request(data: &[u8]) {
     };
     let input = &data[2..];
     let credentials = (flags & 1 == 1).then(creds);
-    let reads = if read_size == 0 {
-        Vec::new()
-    } else {
-        vec![usize::from(read_size)]
-    };
-
-    let mut client = MockClient::new(input, reads);
-    let got = ready(read_request(&mut client, credentials.as_ref()));
-    let consumed = client.consumed();
-    // Reading stops at the end of the head: the outcome does not depend on
+    let (got, consumed) = read_in_pieces(input, usize::from(read_size), credentials.as_ref());
+    // Parsing stops at the end of the head: the outcome does not depend on
     // how the client's bytes were split.
-    let mut whole = MockClient::new(input, Vec::new());
-    let once = ready(read_request(&mut whole, credentials.as_ref()));
+    let (once, _) = read_in_pieces(input, 0, credentials.as_ref());
     same_outcome(&got, &once);
 
     match got {
@@ -159,8 +179,7 @@ fn check_error(e: &HttpProxyError) {
         [400, 407, 431, 501].contains(&status),
         "status {status} for {e}"
     );
-    let mut out = Vec::new();
-    ready(write_error(&mut out, status, &e.to_string())).expect("write to memory");
+    let out = error_response(status, &e.to_string());
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let mut response = httparse::Response::new(&mut headers);
     let Ok(httparse::Status::Complete(n)) = response.parse(&out) else {

@@ -1,15 +1,16 @@
 //! The checks behind NWS's fuzz targets (`fuzz/fuzz_targets/*.rs`), one
 //! function per target. Each takes arbitrary bytes, feeds them to one parser
-//! or state machine of `nws-core`, and panics if an invariant breaks — a
-//! panic inside `nws-core` itself is a finding as well.
+//! or state machine of `nws-protocol` (no I/O, so no mock sockets), and
+//! panics if an invariant breaks — a panic inside `nws-protocol` itself is a
+//! finding as well.
 //!
 //! | target | what it feeds | invariants |
 //! |---|---|---|
 //! | [`message_json`] | decrypted message JSON (`Message::from_json`) | parse → serialize → parse is the identity; seal → open too |
 //! | [`nip44_open`] | event content (`Cipher::open`): text, base64 payloads, tampered sealed payloads | no panic; one changed byte never opens |
 //! | [`names`] | proxied host names (`parse_host`) | agrees with `is_nws_host`; case and trailing dot do not matter; `.nostr` and npub re-encode to the same exit |
-//! | [`socks5_request`] | a SOCKS5 client's bytes (`socks5::accept`) | same result, bytes written and bytes consumed as a reference parser (RFC 1928/1929) |
-//! | [`http_request`] | an HTTP proxy client's bytes in fuzzed read sizes (`http::read_request`) | independent of read sizes; forwarded heads re-parse, carry no `Proxy-*`; error answers cannot be split |
+//! | [`socks5_request`] | a SOCKS5 client's bytes in fuzzed pieces (`socks5::Handshake`) | same result and bytes answered as a reference parser (RFC 1928/1929); a successful handshake uses exactly the client's messages |
+//! | [`http_request`] | an HTTP proxy client's bytes in fuzzed pieces (`http::parse`) | independent of read sizes; forwarded heads re-parse, carry no `Proxy-*`; error answers cannot be split |
 //! | [`engine`] | a sequence of peer messages, local writes and timer ticks (`engine::Stream`) | bytes delivered are a prefix of what a consistent peer sent, exactly once; own data sent as written; buffers bounded; timers progress; a consistent peer never causes a protocol error |
 //!
 //! [`seeds`] builds the valid inputs committed under `fuzz/corpus/`.
@@ -17,7 +18,6 @@
 mod codec;
 mod engine;
 mod http;
-mod io;
 mod names;
 pub mod seeds;
 mod socks5;
