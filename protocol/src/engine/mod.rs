@@ -40,6 +40,8 @@ mod legacy;
 mod recv;
 mod rtt;
 mod send;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod timer;
 
 use recv::{Delivery, Recv};
