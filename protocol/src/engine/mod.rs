@@ -23,13 +23,14 @@
 //! With a legacy peer it speaks the reference format: `SOCKS5RESPONSE` data
 //! without sequence numbers, delivered in arrival order, never retransmitted
 //! (the peer would see duplicates), and no close.
-
 //!
 //! Inside, the parts live in rooms of their own (the layout of
 //! `quinn-proto`'s `connection/streams`): `send` owns segmentation,
 //! acknowledgement and retransmission, `recv` reassembles the peer's bytes,
 //! `timer` holds every deadline, and `legacy` is the whole legacy dialect.
-//! This module wires them: it turns what they return into [`Output`]s.
+//! This module is the public API; `wiring` turns what the parts return into
+//! [`Output`]s. With the `sim` feature, `sim` is a simulated network
+//! between two engines, for tests and fuzzing.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
