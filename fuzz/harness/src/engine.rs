@@ -13,10 +13,15 @@
 //! only after all `L` bytes, and never call it a protocol error. An
 //! inconsistent peer (raw sequence numbers, foreign bytes, data without
 //! `seq`) may get the stream aborted, never a panic or unbounded buffers.
+//!
+//! The same input then drives a second check, [`through_network`]: an entry
+//! and an exit engine talk through the engine's own simulated network
+//! (`nws_protocol::engine::sim`), with the fuzzer deciding each message's
+//! fate (lost, delayed, duplicated) instead of an RNG.
 
 use std::time::{Duration, Instant};
 
-use nws_protocol::engine::{Dialect, EngineError, Output, Stream, StreamConfig};
+use nws_protocol::engine::{sim, Dialect, EngineError, Output, Stream, StreamConfig};
 use nws_protocol::{ErrorReason, Message, MessageType};
 
 const KEY: &str = "3b1f09a8-2b10-4daa-880c-2a392e781f09";
@@ -674,5 +679,90 @@ pub fn engine(data: &[u8]) {
     for op in &input.ops {
         sim.apply(op);
         sim.check();
+    }
+    through_network(data);
+}
+
+/// Most bytes each way in [`through_network`].
+const MAX_TRANSFER: u16 = 2048;
+
+/// Two engines, entry and exit, send each other a few kilobytes and finish,
+/// through [`sim::run`]. The header's configuration bits and peer length
+/// pick the configuration and the sizes; every following byte is the fate
+/// of one message: its low two bits 1 lose it, 2 duplicate it (the next
+/// byte delays the copy), anything else delivers it once, after `1 + (byte
+/// >> 2)` ms. Once the bytes run out the network is perfect.
+///
+/// Whatever the fates, each side receives a prefix of what the other
+/// wrote, exactly once and in order, buffers stay bounded, and the only
+/// way to end early is giving up on a peer that stopped acknowledging
+/// ([`ErrorReason::Timeout`]): never a protocol error. Otherwise everything
+/// arrives and both streams finish and close.
+pub fn through_network(data: &[u8]) {
+    let byte = |i: usize| data.get(i).copied().unwrap_or(0);
+    let config = config(byte(0) >> 3);
+    let len = u16::from_le_bytes([byte(1), byte(2)]);
+    let up: Vec<u8> = (0..u64::from(len % MAX_TRANSFER)).map(local_byte).collect();
+    let down = peer_bytes(0, u64::from((len >> 5) % MAX_TRANSFER));
+    let mut fates = data.iter().skip(3).copied();
+    let ms = |b: u8| Duration::from_millis(1 + u64::from(b >> 2));
+    let mut network = |_to: usize, _m: &Message| match fates.next() {
+        None => vec![Duration::from_millis(1)],
+        Some(b) => match b & 3 {
+            1 => Vec::new(),
+            2 => vec![ms(b), ms(fates.next().unwrap_or(0))],
+            _ => vec![ms(b)],
+        },
+    };
+    let t = sim::run(
+        &mut network,
+        config.clone(),
+        [up.clone(), down.clone()],
+        None,
+        1_000_000,
+    );
+    assert!(up.starts_with(&t.got[1]), "the exit got other bytes");
+    assert!(down.starts_with(&t.got[0]), "the entry got other bytes");
+    let bound = config.send_buffer + 3 * config.window as usize;
+    assert!(
+        t.peak_buffered <= bound,
+        "held {} bytes, bound {bound}",
+        t.peak_buffered
+    );
+    match &t.ended {
+        None => {
+            assert!(
+                t.got[1] == up,
+                "the exit got {} of {} bytes",
+                t.got[1].len(),
+                up.len()
+            );
+            assert!(
+                t.got[0] == down,
+                "the entry got {} of {} bytes",
+                t.got[0].len(),
+                down.len()
+            );
+            assert_eq!(t.finished, [true, true], "not both finished");
+            assert_eq!(t.closed, [true, true], "not both closed");
+        }
+        Some((_, Output::Aborted(ErrorReason::Timeout))) => {}
+        Some((side, end)) => panic!("side {side} ended with {end:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fate_keeps_the_transfer_whole() {
+        // Perfect, then lossy with duplicates and delays, on each configuration.
+        for flags in [0u8, 8, 16, 24] {
+            through_network(&[flags, 0xff, 0x3f]);
+            let mut input = vec![flags, 0x40, 0x21];
+            input.extend((0..600u32).map(|i| (i * 37 % 251) as u8));
+            through_network(&input);
+        }
     }
 }

@@ -1,0 +1,545 @@
+//! Single steps: one message, write, timer or driver call at a time, and
+//! what the engine answers.
+
+use super::*;
+
+#[test]
+fn splits_writes_into_offsets() {
+    let t0 = Instant::now();
+    let (mut entry, _) = open_pair(cfg(4), t0);
+    assert_eq!(entry.write(b"0123456789", t0), Ok(10));
+    let mut msgs = published(&drain(&mut entry));
+    assert_eq!(msgs.len(), 2, "the 2-byte tail waits to be coalesced");
+    let t1 = entry.poll_timeout().unwrap();
+    assert_eq!(t1, t0 + StreamConfig::default().coalesce_delay);
+    entry.handle_timeout(t1);
+    msgs.extend(published(&drain(&mut entry)));
+    let seqs: Vec<_> = msgs.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(seqs, vec![0, 4, 8]);
+    assert_eq!(msgs[2].data, b"89");
+    assert!(msgs
+        .iter()
+        .all(|m| m.kind == MessageType::Data && m.ack == Some(0)));
+}
+
+#[test]
+fn reorders_out_of_order_messages_and_drops_duplicates() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit) = open_pair(cfg(2), t0);
+    entry.write(b"aabbccdd", t0).unwrap();
+    entry.finish(t0);
+    let mut msgs = published(&drain(&mut entry));
+    assert_eq!(msgs.last().unwrap().kind, MessageType::Close);
+    assert_eq!(msgs.last().unwrap().seq, Some(8));
+    msgs.reverse();
+    msgs.push(msgs[1].clone());
+    let mut outs = Vec::new();
+    for m in msgs {
+        exit.handle_message(m, t0).unwrap();
+        outs.extend(drain(&mut exit));
+    }
+    assert_eq!(delivered(&outs), b"aabbccdd");
+    assert!(outs.contains(&Output::PeerFinished));
+    assert!(exit.is_peer_finished());
+    // Gaps were reported with standalone acknowledgements.
+    assert!(published(&outs).iter().any(|m| m.kind == MessageType::Ack));
+}
+
+#[test]
+fn close_both_ways_lingers_then_ends() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit) = open_pair(StreamConfig::default(), t0);
+    exit.write(b"response", t0).unwrap();
+    exit.finish(t0);
+    for m in published(&drain(&mut exit)) {
+        entry.handle_message(m, t0).unwrap();
+    }
+    let outs = drain(&mut entry);
+    assert_eq!(delivered(&outs), b"response");
+    assert!(outs.contains(&Output::PeerFinished));
+    entry.finish(t0);
+    let to_exit = published(&drain(&mut entry));
+    assert_eq!(to_exit.last().unwrap().kind, MessageType::Close);
+    for m in to_exit {
+        exit.handle_message(m, t0).unwrap();
+    }
+    for m in published(&drain(&mut exit)) {
+        entry.handle_message(m, t0).unwrap();
+    }
+    drain(&mut entry);
+    assert!(!entry.is_open() && !entry.is_closed(), "entry lingers");
+    let linger = entry.poll_timeout().unwrap();
+    assert_eq!(linger, t0 + StreamConfig::default().give_up_after);
+    entry.handle_timeout(linger);
+    assert!(entry.is_closed());
+    assert_eq!(entry.write(b"late", linger), Err(EngineError::WriteClosed));
+}
+
+#[test]
+fn refusal_reaches_the_entry() {
+    let t0 = Instant::now();
+    let mut entry = Stream::open(
+        StreamConfig::default(),
+        "k".into(),
+        "x:80".into(),
+        Dialect::V2,
+        t0,
+    );
+    let connect = published(&drain(&mut entry)).remove(0);
+    let mut exit = Stream::accept(StreamConfig::default(), connect, t0).unwrap();
+    exit.backend_failed(ErrorReason::ConnectionRefused);
+    let err = published(&drain(&mut exit)).remove(0);
+    assert_eq!(err.reason.as_deref(), Some("connection-refused"));
+    assert!(exit.is_closed());
+    entry.handle_message(err, t0).unwrap();
+    assert_eq!(
+        drain(&mut entry),
+        vec![Output::Refused(ErrorReason::ConnectionRefused)]
+    );
+    assert!(entry.is_closed());
+}
+
+#[test]
+fn connect_is_retransmitted_until_answered() {
+    let t0 = Instant::now();
+    let mut entry = Stream::open(
+        StreamConfig::default(),
+        "k".into(),
+        "x:80".into(),
+        Dialect::V2,
+        t0,
+    );
+    drain(&mut entry);
+    let t1 = entry.poll_timeout().unwrap();
+    assert_eq!(t1, t0 + StreamConfig::default().initial_rto);
+    entry.handle_timeout(t1);
+    let again = published(&drain(&mut entry));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].kind, MessageType::Connect);
+    // The exit answers a repeated CONNECT with CONNECTED again.
+    let mut exit = Stream::accept(StreamConfig::default(), again[0].clone(), t1).unwrap();
+    exit.backend_connected(t1);
+    drain(&mut exit);
+    exit.handle_message(again[0].clone(), t1).unwrap();
+    assert_eq!(published(&drain(&mut exit))[0].kind, MessageType::Connected);
+}
+
+#[test]
+fn data_that_overtakes_connected_waits() {
+    let t0 = Instant::now();
+    let mut entry = Stream::open(
+        StreamConfig::default(),
+        "k".into(),
+        "x:80".into(),
+        Dialect::V2,
+        t0,
+    );
+    drain(&mut entry);
+    let mut data = Message::new("k", MessageType::Data);
+    data.seq = Some(2);
+    data.ack = Some(0);
+    data.data = b"llo".to_vec();
+    let mut first = data.clone();
+    first.seq = Some(0);
+    first.data = b"he".to_vec();
+    // Data from a v2 exit opens the stream; the gap before it holds delivery.
+    entry.handle_message(data, t0).unwrap();
+    let outs = drain(&mut entry);
+    assert_eq!(outs[0], Output::Opened);
+    assert!(delivered(&outs).is_empty());
+    let mut connected = Message::new("k", MessageType::Connected);
+    connected.version = Some(2);
+    entry.handle_message(connected, t0).unwrap();
+    assert!(delivered(&drain(&mut entry)).is_empty());
+    entry.handle_message(first, t0).unwrap();
+    assert_eq!(delivered(&drain(&mut entry)), b"hello");
+}
+
+#[test]
+fn data_from_a_v2_exit_opens_the_stream_when_connected_was_lost() {
+    let t0 = Instant::now();
+    let mut entry = Stream::open(
+        StreamConfig::default(),
+        "k".into(),
+        "x:80".into(),
+        Dialect::V2,
+        t0,
+    );
+    drain(&mut entry);
+    let mut data = Message::new("k", MessageType::Data);
+    data.seq = Some(0);
+    data.ack = Some(0);
+    data.data = b"hi".to_vec();
+    entry.handle_message(data, t0).unwrap();
+    let outs = drain(&mut entry);
+    assert_eq!(outs[0], Output::Opened);
+    assert_eq!(delivered(&outs), b"hi");
+}
+
+#[test]
+fn retransmits_after_timeout_and_shrinks_segments_that_keep_vanishing() {
+    let t0 = Instant::now();
+    let mut c = cfg(8);
+    c.min_segment = 2;
+    let (mut entry, mut exit) = open_pair(c, t0);
+    entry.write(b"abcdefgh", t0).unwrap();
+    let lost = published(&drain(&mut entry));
+    assert_eq!(lost.len(), 1);
+    let t1 = entry.poll_timeout().unwrap();
+    entry.handle_timeout(t1);
+    let retry = published(&drain(&mut entry));
+    assert_eq!(retry[0].data, b"abcdefgh");
+    let t2 = entry.poll_timeout().unwrap();
+    assert!(t2 - t1 > t1 - t0, "backoff doubles the timeout");
+    entry.handle_timeout(t2);
+    assert_eq!(
+        published(&drain(&mut entry)).len(),
+        1,
+        "same size after two timeouts"
+    );
+    let t2 = entry.poll_timeout().unwrap();
+    entry.handle_timeout(t2);
+    let smaller = published(&drain(&mut entry));
+    assert_eq!(smaller.len(), 2, "split in half after the third timeout");
+    assert_eq!((smaller[0].seq, smaller[1].seq), (Some(0), Some(4)));
+    for m in smaller {
+        exit.handle_message(m, t2).unwrap();
+    }
+    assert_eq!(delivered(&drain(&mut exit)), b"abcdefgh");
+}
+
+#[test]
+fn a_segment_limit_resends_larger_messages_in_flight_split() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit) = open_pair(cfg(8), t0);
+    entry.write(b"abcdefghABCDEFGH", t0).unwrap();
+    assert_eq!(published(&drain(&mut entry)).len(), 2);
+    // The relay rejected both as too large.
+    entry.limit_segment(3, t0);
+    let resent = published(&drain(&mut entry));
+    let seqs: Vec<_> = resent.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(seqs, vec![0, 3, 6, 8, 11, 14]);
+    assert!(resent.iter().all(|m| m.data.len() <= 3));
+    for m in resent {
+        exit.handle_message(m, t0).unwrap();
+    }
+    assert_eq!(delivered(&drain(&mut exit)), b"abcdefghABCDEFGH");
+    assert_eq!(entry.max_segment(), 3);
+}
+
+#[test]
+fn does_not_shrink_segments_while_no_relay_takes_messages() {
+    let t0 = Instant::now();
+    let (mut entry, _) = open_pair(cfg(8), t0);
+    entry.write(b"abcdefgh", t0).unwrap();
+    drain(&mut entry);
+    entry.set_path_down(true);
+    for _ in 0..4 {
+        let t = entry.poll_timeout().unwrap();
+        entry.handle_timeout(t);
+        drain(&mut entry);
+    }
+    assert_eq!(entry.max_segment(), 8);
+}
+
+#[test]
+fn fast_retransmits_on_gap_reports() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit) = open_pair(cfg(1), t0);
+    entry.write(b"abcd", t0).unwrap();
+    let msgs = published(&drain(&mut entry));
+    assert_eq!(msgs.len(), 4);
+    // The first is lost; the other three each make the exit report the gap.
+    let mut acks = Vec::new();
+    for m in msgs[1..].iter().cloned() {
+        exit.handle_message(m, t0).unwrap();
+        acks.extend(published(&drain(&mut exit)));
+    }
+    assert!(acks
+        .iter()
+        .all(|a| a.kind == MessageType::Ack && a.ack == Some(0)));
+    let mut resent = Vec::new();
+    for a in acks {
+        entry.handle_message(a, t0).unwrap();
+        resent.extend(published(&drain(&mut entry)));
+    }
+    assert_eq!(
+        resent.len(),
+        1,
+        "one fast retransmission, before any timeout"
+    );
+    assert_eq!(resent[0].seq, Some(0));
+    exit.handle_message(resent[0].clone(), t0).unwrap();
+    assert_eq!(delivered(&drain(&mut exit)), b"abcd");
+}
+
+#[test]
+fn window_bounds_bytes_in_flight() {
+    let t0 = Instant::now();
+    let c = StreamConfig {
+        max_segment: 100,
+        window: 1000,
+        send_buffer: 500,
+        ..Default::default()
+    };
+    let (mut entry, _) = open_pair(c, t0);
+    let big = vec![7u8; 10_000];
+    let taken = entry.write(&big, t0).unwrap();
+    assert_eq!(taken, 1500, "window plus send buffer");
+    let sent: usize = published(&drain(&mut entry))
+        .iter()
+        .map(|m| m.data.len())
+        .sum();
+    assert_eq!(sent, 1000, "no more than the window in flight");
+    assert_eq!(entry.send_capacity(), 0);
+    assert_eq!(entry.write(&big, t0), Ok(0));
+}
+
+#[test]
+fn gives_up_on_a_peer_that_never_acknowledges() {
+    let t0 = Instant::now();
+    let (mut entry, _) = open_pair(StreamConfig::default(), t0);
+    entry.write(b"x", t0).unwrap();
+    drain(&mut entry);
+    let mut now = t0;
+    let mut aborted = false;
+    for _ in 0..1000 {
+        let Some(t) = entry.poll_timeout() else { break };
+        now = t;
+        entry.handle_timeout(now);
+        if drain(&mut entry).contains(&Output::Aborted(ErrorReason::Timeout)) {
+            aborted = true;
+            break;
+        }
+    }
+    assert!(aborted);
+    assert!(entry.is_closed());
+    assert!(now - t0 >= StreamConfig::default().give_up_after);
+}
+
+#[test]
+fn protocol_errors_abort() {
+    let t0 = Instant::now();
+    let (_, mut exit) = open_pair(StreamConfig::default(), t0);
+    let mut m = Message::new("k", MessageType::Ack);
+    m.ack = Some(5); // nothing was sent
+    exit.handle_message(m, t0).unwrap();
+    let outs = drain(&mut exit);
+    assert_eq!(published(&outs)[0].kind, MessageType::Error);
+    assert!(outs.contains(&Output::Aborted(ErrorReason::ProtocolError)));
+
+    let (_, mut exit) = open_pair(StreamConfig::default(), t0);
+    let mut close = Message::new("k", MessageType::Close);
+    close.seq = Some(2);
+    exit.handle_message(close, t0).unwrap();
+    let mut late = Message::new("k", MessageType::Data);
+    late.seq = Some(2);
+    late.data = b"zz".to_vec();
+    exit.handle_message(late, t0).unwrap();
+    assert!(drain(&mut exit).contains(&Output::Aborted(ErrorReason::ProtocolError)));
+}
+
+#[test]
+fn data_far_beyond_the_window_is_dropped_not_buffered() {
+    let t0 = Instant::now();
+    let (_, mut exit) = open_pair(StreamConfig::default(), t0);
+    let mut m = Message::new("k", MessageType::Data);
+    m.seq = Some(10 * StreamConfig::default().window);
+    m.data = vec![1; 100];
+    exit.handle_message(m, t0).unwrap();
+    assert_eq!(exit.buffered_bytes(), 0);
+    assert!(!exit.is_closed());
+}
+
+#[test]
+fn legacy_entry_gets_legacy_format() {
+    let t0 = Instant::now();
+    let connect = Message {
+        destination: "abc.nostr:80".into(),
+        ..Message::new("k", MessageType::Connect)
+    };
+    let mut exit = Stream::accept(StreamConfig::default(), connect, t0).unwrap();
+    assert_eq!(exit.dialect(), Dialect::Legacy);
+    exit.backend_connected(t0);
+    assert_eq!(drain(&mut exit), vec![Output::Opened]);
+    exit.write(b"hello", t0).unwrap();
+    let m = published(&drain(&mut exit)).remove(0);
+    assert_eq!(m.kind, MessageType::Socks5Response);
+    assert_eq!((m.seq, m.ack), (None, None));
+    assert_eq!(m.destination, "abc.nostr:80");
+    exit.finish(t0);
+    assert!(published(&drain(&mut exit)).is_empty());
+    assert_eq!(exit.poll_timeout(), None, "legacy streams never retransmit");
+    let mut d = Message::new("k", MessageType::Data);
+    d.data = b"req".to_vec();
+    exit.handle_message(d.clone(), t0).unwrap();
+    exit.handle_message(d, t0).unwrap();
+    assert_eq!(
+        delivered(&drain(&mut exit)),
+        b"reqreq",
+        "arrival order, as given"
+    );
+}
+
+#[test]
+fn entry_falls_back_when_exit_answers_plain_data() {
+    let t0 = Instant::now();
+    let mut entry = Stream::open(
+        StreamConfig::default(),
+        "k".into(),
+        "x:80".into(),
+        Dialect::V2,
+        t0,
+    );
+    drain(&mut entry);
+    let mut d = Message::new("k", MessageType::Socks5Response);
+    d.data = b"legacy".to_vec();
+    entry.handle_message(d, t0).unwrap();
+    assert_eq!(
+        drain(&mut entry),
+        vec![Output::Opened, Output::Deliver(b"legacy".to_vec())]
+    );
+    assert_eq!(entry.dialect(), Dialect::Legacy);
+    assert_eq!(
+        entry.poll_timeout(),
+        None,
+        "no CONNECT retransmission to a legacy exit"
+    );
+    entry.write(b"x", t0).unwrap();
+    assert_eq!(
+        published(&drain(&mut entry))[0].kind,
+        MessageType::Socks5Response
+    );
+}
+
+#[test]
+fn rejects_messages_of_other_streams() {
+    let t0 = Instant::now();
+    let (mut entry, _) = open_pair(StreamConfig::default(), t0);
+    assert!(matches!(
+        entry.handle_message(Message::new("other", MessageType::Data), t0),
+        Err(EngineError::WrongStream { .. })
+    ));
+    assert!(Stream::accept(
+        StreamConfig::default(),
+        Message::new("k", MessageType::Data),
+        t0
+    )
+    .is_err());
+}
+
+#[test]
+fn first_bytes_ride_in_the_connect_and_are_acknowledged_by_connected() {
+    let t0 = Instant::now();
+    let (mut entry, taken) = Stream::open_early(
+        StreamConfig::default(),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        b"GET / HTTP/1.1\r\n\r\n",
+        t0,
+    );
+    assert_eq!(taken, 18);
+    let connect = published(&drain(&mut entry)).remove(0);
+    assert_eq!(connect.kind, MessageType::Connect);
+    assert_eq!(
+        (connect.seq, &connect.data[..]),
+        (Some(0), &b"GET / HTTP/1.1\r\n\r\n"[..])
+    );
+    // The CONNECT is lost once: its retransmission carries the bytes again.
+    let t1 = entry.poll_timeout().unwrap();
+    entry.handle_timeout(t1);
+    let again = published(&drain(&mut entry));
+    assert_eq!(
+        again.len(),
+        1,
+        "only the CONNECT, no separate data: {again:?}"
+    );
+    assert_eq!(again[0].data, connect.data);
+    let mut exit = Stream::accept(StreamConfig::default(), again[0].clone(), t1).unwrap();
+    exit.backend_connected(t1);
+    let outs = drain(&mut exit);
+    assert_eq!(delivered(&outs), b"GET / HTTP/1.1\r\n\r\n");
+    let connected = published(&outs);
+    assert_eq!(connected[0].kind, MessageType::Connected);
+    assert_eq!(
+        connected[0].ack,
+        Some(18),
+        "CONNECTED acknowledges the 0-RTT bytes"
+    );
+    for m in connected {
+        entry.handle_message(m, t1).unwrap();
+    }
+    assert!(drain(&mut entry).contains(&Output::Opened));
+    assert_eq!(entry.buffered_bytes(), 0, "nothing left in flight");
+    // Later bytes follow at offset 18.
+    entry.write(b"more", t1).unwrap();
+    let m = published(&drain(&mut entry)).remove(0);
+    assert_eq!(m.seq, Some(18));
+}
+
+#[test]
+fn first_bytes_not_acknowledged_are_retransmitted_as_data() {
+    let t0 = Instant::now();
+    let (mut entry, _) = Stream::open_early(
+        StreamConfig::default(),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        b"hello",
+        t0,
+    );
+    drain(&mut entry);
+    // An exit that answers without acknowledging (ack 0).
+    let mut connected = Message::new("k", MessageType::Connected);
+    connected.version = Some(2);
+    connected.ack = Some(0);
+    connected.window = Some(1000);
+    entry.handle_message(connected, t0).unwrap();
+    drain(&mut entry);
+    let t1 = entry.poll_timeout().expect("a retransmission timer");
+    entry.handle_timeout(t1);
+    let resent = published(&drain(&mut entry));
+    assert_eq!(resent[0].kind, MessageType::Data);
+    assert_eq!(
+        (resent[0].seq, &resent[0].data[..]),
+        (Some(0), &b"hello"[..])
+    );
+}
+
+#[test]
+fn first_bytes_go_again_as_plain_data_to_an_exit_that_answers_legacy() {
+    let t0 = Instant::now();
+    let (mut entry, _) = Stream::open_early(
+        StreamConfig::default(),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        b"hello",
+        t0,
+    );
+    drain(&mut entry);
+    let mut plain = Message::new("k", MessageType::Socks5Response);
+    plain.data = b"hi".to_vec();
+    entry.handle_message(plain, t0).unwrap();
+    let outs = drain(&mut entry);
+    assert_eq!(entry.dialect(), Dialect::Legacy);
+    let sent = published(&outs);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].seq, &sent[0].data[..]), (None, &b"hello"[..]));
+}
+
+#[test]
+fn nothing_follows_an_abort_for_a_bogus_ack() {
+    let t0 = Instant::now();
+    let (_, mut exit) = open_pair(StreamConfig::default(), t0);
+    let mut m = Message::new("k", MessageType::Data);
+    m.seq = Some(0);
+    m.data = b"late".to_vec();
+    m.ack = Some(99); // nothing was sent
+    exit.handle_message(m, t0).unwrap();
+    let outs = drain(&mut exit);
+    assert!(outs.contains(&Output::Aborted(ErrorReason::ProtocolError)));
+    assert_eq!(delivered(&outs), b"", "no data delivered after the abort");
+    assert!(exit.is_closed());
+}

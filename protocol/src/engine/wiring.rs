@@ -1,0 +1,312 @@
+//! The version-2 stream's insides: a message from the peer is taken apart
+//! and handed to [`Send`](super::send::Send) and
+//! [`Recv`](super::recv::Recv), and what they return becomes outputs. Every
+//! data message leaves through [`Stream::publish`], which adds the current
+//! acknowledgement.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    legacy, Delivery, ErrorReason, Message, MessageType, Output, RtoOutcome, Side, State, Stream,
+    Timer, Transmit, PROTOCOL_VERSION,
+};
+
+/// Opening, closing and the peer's messages.
+impl Stream {
+    /// A version-2 message from the peer (the key is checked, the stream is
+    /// not closed).
+    pub(super) fn on_message(&mut self, msg: Message, now: Instant) {
+        match msg.kind {
+            MessageType::Connected => self.on_connected(now),
+            MessageType::Error => {
+                self.on_error(msg.reason.as_deref().unwrap_or(""));
+                return;
+            }
+            MessageType::Connect => {
+                // The entry did not hear our answer: say it again.
+                if self.side == Side::Exit && self.state != State::Connecting {
+                    self.send_connected();
+                }
+            }
+            MessageType::Data | MessageType::Socks5Response => {
+                if msg.seq.is_none() && self.side == Side::Entry && self.state == State::Connecting
+                {
+                    // Plain data instead of an answer: the exit speaks legacy.
+                    legacy::fall_back(self, msg);
+                    return;
+                }
+            }
+            MessageType::Close | MessageType::Ack => {}
+            MessageType::ConnectReverse | MessageType::Unknown(_) => {
+                log::debug!("stream {}: {} ignored", self.key, msg.kind);
+                return;
+            }
+        }
+        if msg.kind.is_data() || msg.kind == MessageType::Close || msg.kind == MessageType::Ack {
+            // Data from a v2 exit proves the stream open even if CONNECTED was lost.
+            if self.state == State::Connecting && self.side == Side::Entry && msg.seq.is_some() {
+                self.on_connected(now);
+            }
+        }
+        if let Some(ack) = msg.ack {
+            self.on_ack(ack, msg.window, msg.sack.as_deref().unwrap_or(&[]), now);
+            if self.state == State::Closed {
+                // The acknowledgement aborted the stream: nothing else counts.
+                return;
+            }
+        }
+        match msg.kind {
+            MessageType::Data | MessageType::Socks5Response => match msg.seq {
+                Some(seq) => self.on_data(seq, msg.data, now),
+                None => {
+                    log::warn!("stream {}: data without seq on a v2 stream", self.key);
+                    self.protocol_error();
+                }
+            },
+            MessageType::Close => match msg.seq {
+                Some(seq) => self.on_fin(seq, now),
+                None => log::debug!("stream {}: CLOSE without seq ignored", self.key),
+            },
+            _ => {}
+        }
+        self.transmit(now);
+    }
+
+    pub(super) fn send_connected(&mut self) {
+        let mut m = Message::new(self.key.clone(), MessageType::Connected);
+        m.version = Some(PROTOCOL_VERSION);
+        m.ack = Some(self.recv.next);
+        m.window = Some(self.recv.window(&self.config));
+        self.out.push_back(Output::Publish(m));
+        self.acknowledged_in_data();
+    }
+
+    fn on_connected(&mut self, now: Instant) {
+        if self.side == Side::Entry && self.state == State::Connecting {
+            self.state = State::Open;
+            self.connect = None;
+            self.timers.stop(Timer::Connect);
+            self.send.on_open(now, &mut self.timers);
+            self.out.push_back(Output::Opened);
+            // Data that overtook the answer waits in the reorder buffer.
+            self.drain_in_order(now);
+        }
+    }
+
+    pub(super) fn retransmit_connect(&mut self, now: Instant) {
+        let Some(connect) = self.connect.clone() else {
+            self.timers.stop(Timer::Connect);
+            return;
+        };
+        let rto = self.send.connect_retry(&self.config);
+        self.timers.set(Timer::Connect, now + rto);
+        self.out.push_back(Output::Publish(connect));
+    }
+
+    fn on_error(&mut self, code: &str) {
+        let reason = ErrorReason::parse(code);
+        let before_open = self.state == State::Connecting;
+        self.state = State::Closed;
+        self.out
+            .push_back(if before_open && self.side == Side::Entry {
+                Output::Refused(reason)
+            } else {
+                Output::Aborted(reason)
+            });
+    }
+
+    fn protocol_error(&mut self) {
+        self.abort(ErrorReason::ProtocolError);
+        self.out
+            .push_back(Output::Aborted(ErrorReason::ProtocolError));
+    }
+
+    pub(super) fn check_done(&mut self, now: Instant) {
+        if self.state != State::Open {
+            return;
+        }
+        if self.send.is_done() && self.recv.finished {
+            // Linger so that data or a CLOSE retransmitted because our last
+            // acknowledgement was lost is acknowledged again, instead of the
+            // peer retrying until it gives up (TCP's TIME-WAIT).
+            self.state = State::Lingering;
+            self.timers.set(Timer::Linger, now + self.linger());
+        }
+    }
+
+    /// How long a finished stream stays after the peer's last message: as
+    /// long as the peer may keep retransmitting before it gives up. Only the
+    /// state machine stays (no buffers).
+    pub(super) fn linger(&self) -> Duration {
+        self.config.give_up_after
+    }
+}
+
+/// Receiving: [`Recv`](super::recv::Recv)'s results become deliveries.
+impl Stream {
+    pub(super) fn on_data(&mut self, seq: u64, data: Vec<u8>, now: Instant) {
+        let open = self.state != State::Connecting;
+        let got = self.recv.on_data(
+            seq,
+            data,
+            open,
+            now,
+            &self.config,
+            &mut self.timers,
+            &self.key,
+        );
+        match got {
+            Ok(delivery) => self.deliver(delivery, now),
+            Err(e) => {
+                log::warn!("stream {}: {e}", self.key);
+                self.protocol_error();
+            }
+        }
+    }
+
+    fn on_fin(&mut self, seq: u64, now: Instant) {
+        let open = self.state != State::Connecting;
+        match self
+            .recv
+            .on_fin(seq, open, now, &self.config, &mut self.timers)
+        {
+            Ok(delivery) => self.deliver(delivery, now),
+            Err(e) => {
+                log::warn!("stream {}: {e}", self.key);
+                self.protocol_error();
+            }
+        }
+    }
+
+    /// Delivers buffered data that has become contiguous, then the peer's
+    /// `CLOSE` if it is next.
+    pub(super) fn drain_in_order(&mut self, now: Instant) {
+        let open = self.state != State::Connecting;
+        let delivery = self.recv.drain(open, now, &self.config, &mut self.timers);
+        self.deliver(delivery, now);
+    }
+
+    fn deliver(&mut self, delivery: Delivery, now: Instant) {
+        for data in delivery.data {
+            self.out.push_back(Output::Deliver(data));
+        }
+        if delivery.finished {
+            self.out.push_back(Output::PeerFinished);
+            self.check_done(now);
+        }
+    }
+}
+
+/// Sending: [`Send`](super::send::Send)'s segments become messages.
+impl Stream {
+    fn on_ack(&mut self, ack: u64, window: Option<u64>, sack: &[[u64; 2]], now: Instant) {
+        let mut tx = Vec::new();
+        let acked = self.send.on_ack(
+            ack,
+            window,
+            sack,
+            now,
+            &self.config,
+            &mut self.timers,
+            &mut tx,
+        );
+        if let Err(e) = acked {
+            log::warn!(
+                "stream {}: ack {ack} beyond what was sent ({})",
+                self.key,
+                e.sent
+            );
+            self.protocol_error();
+            return;
+        }
+        self.publish(tx);
+        self.check_done(now);
+    }
+
+    pub(super) fn on_rto(&mut self, now: Instant) {
+        let mut tx = Vec::new();
+        let outcome = self
+            .send
+            .on_rto(now, &self.config, &self.key, &mut self.timers, &mut tx);
+        if outcome == RtoOutcome::GiveUp {
+            self.abort(ErrorReason::Timeout);
+            self.out.push_back(Output::Aborted(ErrorReason::Timeout));
+            return;
+        }
+        self.publish(tx);
+    }
+
+    pub(super) fn transmit(&mut self, now: Instant) {
+        self.transmit_inner(now, false);
+    }
+
+    /// Puts unsent bytes (and the `CLOSE`) into messages as far as the
+    /// peer's window allows, and sends a standalone acknowledgement if one is
+    /// due and no data carried it.
+    pub(super) fn transmit_inner(&mut self, now: Instant, timer: bool) {
+        match self.state {
+            State::Open => {
+                let mut tx = Vec::new();
+                self.send
+                    .segment_unsent(now, timer, &self.config, &mut self.timers, &mut tx);
+                self.publish(tx);
+            }
+            State::Lingering => {}
+            State::Connecting | State::Closed => return,
+        }
+        self.flush_ack();
+    }
+
+    /// Publishes segments, each carrying the current acknowledgement.
+    pub(super) fn publish(&mut self, tx: Vec<Transmit>) {
+        if tx.is_empty() {
+            return;
+        }
+        for t in tx {
+            let m = self.segment_message(t);
+            self.out.push_back(Output::Publish(m));
+        }
+        self.acknowledged_in_data();
+    }
+
+    pub(super) fn flush_ack(&mut self) {
+        if !self.recv.ack_now {
+            return;
+        }
+        let mut m = Message::new(self.key.clone(), MessageType::Ack);
+        self.add_ack(&mut m);
+        self.out.push_back(Output::Publish(m));
+        self.acknowledged_in_data();
+    }
+
+    /// Every data message carries the current acknowledgement.
+    fn acknowledged_in_data(&mut self) {
+        self.recv.acknowledged(&self.config, &mut self.timers);
+    }
+
+    fn segment_message(&self, t: Transmit) -> Message {
+        let kind = if t.fin && t.data.is_empty() {
+            MessageType::Close
+        } else {
+            MessageType::Data
+        };
+        let mut m = Message::new(self.key.clone(), kind);
+        m.seq = Some(t.offset);
+        m.data = t.data;
+        self.add_ack(&mut m);
+        m
+    }
+
+    fn add_ack(&self, m: &mut Message) {
+        m.ack = Some(self.recv.next);
+        m.window = Some(self.recv.window(&self.config));
+        m.sack = self.recv.sack_ranges();
+    }
+
+    /// Arms [`Timer::Coalesce`] for what [`Send`](super::send::Send) holds
+    /// back now; called last by every entry point that may change it.
+    pub(super) fn sync_coalesce(&mut self) {
+        let at = self.send.coalesce_deadline(&self.config);
+        self.timers.set_or_stop(Timer::Coalesce, at);
+    }
+}
