@@ -1,6 +1,6 @@
 //! UniFFI bindings of NWS for mobile apps (Kotlin on Android and the JVM,
 //! Swift on iOS and macOS): a thin layer over `nws-core` that holds no
-//! protocol logic of its own (see `DESIGN.md`, "The mobile interface", and
+//! protocol logic of its own (see `../shared/DESIGN.md` beside the repository, "The mobile interface", and
 //! `docs/MOBILE.md`).
 //!
 //! What it exports:

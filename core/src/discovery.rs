@@ -4,7 +4,7 @@
 //! A public exit (`nws exit --public`) publishes, every
 //! [`ANNOUNCE_INTERVAL`], an event of kind 38333 with empty content and a
 //! NIP-40 `["expiration", <unix seconds>]` tag ([`announcement_event`];
-//! `PROTOCOL.md`, "Public exits"). An entry with `--public-exits`
+//! `docs/PROTOCOL.md` §6). An entry with `--public-exits`
 //! subscribes to that kind on its relays and keeps, in a [`Directory`], the
 //! exits whose latest announcement is fresh ([`is_fresh`]); it picks one per
 //! stream, in turn, and avoids for a while an exit that just failed.

@@ -1,4 +1,4 @@
-//! Names that address an NWS exit node (see `PROTOCOL.md`, "Names that
+//! Names that address an NWS exit node (see `docs/PROTOCOL.md`, "Names that
 //! address an exit").
 //!
 //! Three forms are accepted as the host part of a proxied address:
