@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 
 use nostr::RelayUrl;
 use nostr_relay_builder::prelude::{LocalRelay, RateLimit, RelayBuilder};
+use nws_core::accept::accept_loop;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// Events per minute one connection may publish to the embedded relay.
 pub const EVENTS_PER_MINUTE: u32 = 1_000_000;
@@ -35,7 +37,7 @@ pub enum RelayError {
 pub struct EmbeddedRelay {
     relay: LocalRelay,
     url: RelayUrl,
-    accept: tokio::task::JoinHandle<()>,
+    accept: tokio::task::JoinHandle<nws_core::accept::Stopped>,
 }
 
 impl EmbeddedRelay {
@@ -69,7 +71,15 @@ impl EmbeddedRelay {
         let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
         let relay = LocalRelay::new(builder.addr(local.ip()).port(local.port()));
         let url = RelayUrl::parse(&format!("ws://{local}")).map_err(|e| err(e.to_string()))?;
-        let accept = tokio::spawn(accept_loop(listener, relay.clone()));
+        let for_serve = relay.clone();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            "relay",
+            CancellationToken::new(),
+            None,
+            move |sock, peer| serve(sock, peer, for_serve.clone()),
+            |_, _| async {},
+        ));
         Ok(Self { relay, url, accept })
     }
 
@@ -91,28 +101,16 @@ impl Drop for EmbeddedRelay {
     }
 }
 
-async fn accept_loop(listener: TcpListener, relay: LocalRelay) {
-    loop {
-        let (mut stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                log::warn!("relay: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+/// Serves one connection: the websocket upgrade here (so that the socket
+/// keeps `TCP_NODELAY`), then the relay takes it.
+async fn serve(mut stream: TcpStream, peer: SocketAddr, relay: LocalRelay) {
+    match upgrade(&mut stream).await {
+        Ok(()) => {
+            if let Err(e) = relay.take_connection(stream, peer).await {
+                log::debug!("relay: connection from {peer}: {e}");
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            match upgrade(&mut stream).await {
-                Ok(()) => {
-                    if let Err(e) = relay.take_connection(stream, peer).await {
-                        log::debug!("relay: connection from {peer}: {e}");
-                    }
-                }
-                Err(e) => log::debug!("relay: bad websocket handshake from {peer}: {e}"),
-            }
-        });
+        }
+        Err(e) => log::debug!("relay: bad websocket handshake from {peer}: {e}"),
     }
 }
 
