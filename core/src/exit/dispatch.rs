@@ -1,0 +1,152 @@
+//! The exit's one event loop: every event addressed to the exit goes
+//! through [`Server::dispatch`], which hands it to its stream (through the
+//! [`Demux`]) or starts a stream on `CONNECT`/`CONNECTR`.
+//!
+//! The loop never awaits network I/O: refusals, answers and dials happen in
+//! each stream's own task, so one slow relay or backend cannot stall every
+//! other stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use nostr::{Event, PublicKey};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Admission;
+use super::target::serve_stream;
+use super::ExitConfig;
+use crate::demux::{Demux, Routed};
+use crate::driver::{Conn, Inbox};
+use crate::engine::Stream;
+use crate::link::Link;
+use crate::protocol::{Cipher, ErrorReason, Message, MessageType};
+use crate::stats::{OpenSlot, Stats};
+use crate::transport::Transport;
+
+/// What the event loop and the streams it starts share.
+pub(super) struct Server {
+    /// The HTTPS front's TLS acceptor.
+    pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(super) config: Arc<ExitConfig>,
+    transport: Transport,
+    demux: Arc<Demux>,
+    admission: Admission,
+    pub(super) stats: Arc<Stats>,
+    pub(super) cancel: CancellationToken,
+}
+
+impl Server {
+    /// A server for `config`, with a fresh demultiplexer and admission
+    /// state.
+    pub(super) fn new(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        config: ExitConfig,
+        transport: Transport,
+        stats: Arc<Stats>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            tls,
+            demux: Demux::new(config.keys.clone(), false),
+            config: Arc::new(config),
+            transport,
+            admission: Admission::default(),
+            stats,
+            cancel,
+        }
+    }
+
+    /// Dispatches events from `inbox` until it closes or the exit stops.
+    pub(super) async fn run(self, mut inbox: mpsc::Receiver<Event>) {
+        loop {
+            let ev = tokio::select! {
+                ev = inbox.recv() => match ev { Some(ev) => ev, None => return },
+                _ = self.cancel.cancelled() => return,
+            };
+            self.dispatch(ev);
+        }
+    }
+
+    /// Hands one event to its stream, or starts a stream on `CONNECT`.
+    /// Never waits on the network: refusals and answers go out from the
+    /// stream's own task, so one slow publish cannot stall every stream.
+    fn dispatch(&self, ev: Event) {
+        match self.demux.route(&ev) {
+            Routed::Delivered | Routed::Dropped => {}
+            Routed::Unclaimed {
+                author,
+                cipher,
+                msg,
+            } => match msg.kind {
+                MessageType::Connect => self.accept(author, cipher, msg),
+                MessageType::ConnectReverse => self.accept_reverse(author, cipher, msg),
+                kind => log::debug!("stream {}: {kind} for an unknown stream: dropped", msg.key),
+            },
+        }
+    }
+
+    /// Why a new stream from `author` must be refused, if it must (see
+    /// [`Admission::check`]).
+    pub(super) fn admission(&self, author: &PublicKey) -> Option<ErrorReason> {
+        self.admission
+            .check(&self.config, &self.stats, &self.demux, author)
+    }
+
+    /// The link back to `author` for one of its streams.
+    pub(super) fn link(&self, author: PublicKey, cipher: Cipher) -> Link {
+        Link::new(
+            &self.transport,
+            self.config.keys.clone(),
+            author,
+            cipher,
+            self.config.relays.clone(),
+        )
+    }
+
+    /// Starts a stream from a `CONNECT`: admits it (or refuses it with an
+    /// `ERROR` sent from its own task), registers it with the demultiplexer
+    /// and serves it in a task of its own.
+    fn accept(&self, author: PublicKey, cipher: Cipher, mut connect: Message) {
+        let key = connect.key.clone();
+        if self.config.legacy {
+            connect.version = None;
+        }
+        let mut engine = match Stream::accept(self.config.stream.clone(), connect, Instant::now()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("stream {key}: {e}");
+                return;
+            }
+        };
+        if engine.dialect() == crate::engine::Dialect::Legacy {
+            log::info!("stream {key}: legacy entry (CONNECT without version)");
+        }
+        let link = self.link(author, cipher.clone());
+        if let Some(reason) = self.admission(&author) {
+            log::warn!("stream {key} from {author}: refused ({reason})");
+            engine.backend_failed(reason);
+            let mut conn = Conn::new(
+                engine,
+                link,
+                Inbox::Messages(mpsc::channel(1).1),
+                Box::new(()),
+            );
+            tokio::spawn(async move { conn.flush().await });
+            return;
+        }
+        let (rx, registration) = self.demux.register(author, cipher, &key);
+        let slot = OpenSlot::new(self.stats.clone());
+        let config = self.config.clone();
+        let tls = self.tls.clone();
+        let cancel = self.cancel.clone();
+        // The registration lives until the stream has ended and lingered.
+        let conn = Conn::new(engine, link, Inbox::Messages(rx), Box::new(registration));
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve_stream(conn, &config, tls.as_ref(), slot) => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+}
