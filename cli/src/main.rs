@@ -21,7 +21,7 @@ use nostr::{PublicKey, RelayUrl};
 use nws_core::entry::{Credentials, EntryConfig, EntryProxy};
 use nws_core::exit::{ExitConfig, ExitNode, HttpsFront};
 use nws_core::names::{decode_nostr_domain, encode_nostr_domain, parse_host};
-use nws_core::policy::{EgressPolicy, IpNet};
+use nws_core::policy::{parse_net, EgressPolicy, IpNet};
 use nws_relay::EmbeddedRelay;
 
 #[derive(Parser)]
@@ -123,10 +123,10 @@ struct ExitArgs {
     public: bool,
     /// Allow this network (CIDR) although it is refused by default, e.g.
     /// 127.0.0.1/32 (repeatable).
-    #[arg(long = "allow-net")]
+    #[arg(long = "allow-net", value_parser = parse_net)]
     allow_nets: Vec<IpNet>,
     /// Refuse this network (CIDR) too (repeatable; wins over --allow-net).
-    #[arg(long = "deny-net")]
+    #[arg(long = "deny-net", value_parser = parse_net)]
     deny_nets: Vec<IpNet>,
     /// Allow only these destination ports (repeatable; default: every port).
     #[arg(long = "allow-port")]

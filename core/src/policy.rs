@@ -38,27 +38,19 @@
 //! `::ffff:127.0.0.1` is refused as loopback; `allow_nets` and `deny_nets`
 //! match either form.
 
-use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
+
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::protocol::ErrorReason;
 
-/// An IPv4 or IPv6 network in CIDR form: `10.0.0.0/8`, `2001:db8::/32`.
-///
-/// Parsed with [`FromStr`]: a bare address is a single host (`/32` for
-/// IPv4, `/128` for IPv6); host bits below the prefix are cleared
-/// (`192.168.1.7/24` is `192.168.1.0/24`). Displays in the same form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IpNet {
-    /// Network address, host bits cleared.
-    network: IpAddr,
-    /// Prefix length in bits: 0..=32 for IPv4, 0..=128 for IPv6.
-    prefix_len: u8,
-}
+/// An IPv4 or IPv6 network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`), as
+/// `allow_nets` and `deny_nets` hold them. Read them with [`parse_net`],
+/// which takes a bare address as a single host and clears host bits.
+pub use ipnet::IpNet;
 
-/// Why a string is not an [`IpNet`].
+/// Why a string is not a network for [`parse_net`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpNetParseError {
     /// The part before `/` is not an IPv4 or IPv6 address.
@@ -76,112 +68,46 @@ pub enum IpNetParseError {
     },
 }
 
-impl IpNet {
-    /// The network of `addr` with a `prefix_len`-bit prefix (host bits are
-    /// cleared).
-    ///
-    /// # Errors
-    ///
-    /// [`IpNetParseError::BadPrefix`] if `prefix_len` exceeds the family's
-    /// width (32 for IPv4, 128 for IPv6).
-    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, IpNetParseError> {
-        let (family, max) = match addr {
-            IpAddr::V4(_) => ("IPv4", 32),
-            IpAddr::V6(_) => ("IPv6", 128),
-        };
-        if prefix_len > max {
-            return Err(IpNetParseError::BadPrefix {
-                prefix: prefix_len.to_string(),
-                family,
-                max,
-            });
+/// Parses a network in CIDR form: `10.0.0.0/8`, `2001:db8::/32`.
+///
+/// Surrounding whitespace is ignored; a bare address is a single host (`/32`
+/// for IPv4, `/128` for IPv6); the prefix length is decimal digits only;
+/// host bits below the prefix are cleared (`192.168.1.7/24` is
+/// `192.168.1.0/24`), so that the network displays as what it matches.
+/// Unlike [`IpNet`]'s own `FromStr`, which needs the prefix and keeps host
+/// bits.
+///
+/// # Errors
+///
+/// [`IpNetParseError::BadAddress`] or [`IpNetParseError::BadPrefix`].
+pub fn parse_net(s: &str) -> Result<IpNet, IpNetParseError> {
+    let s = s.trim();
+    let (addr_text, prefix_text) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr_text
+        .parse()
+        .map_err(|_| IpNetParseError::BadAddress(addr_text.to_owned()))?;
+    let (family, max) = match addr {
+        IpAddr::V4(_) => ("IPv4", 32u8),
+        IpAddr::V6(_) => ("IPv6", 128u8),
+    };
+    let bad_prefix = |p: &str| IpNetParseError::BadPrefix {
+        prefix: p.to_owned(),
+        family,
+        max,
+    };
+    let prefix_len = match prefix_text {
+        None => max,
+        Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(bad_prefix(p))
         }
-        let network = match addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask_u32(prefix_len))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask_u128(prefix_len))),
-        };
-        Ok(Self {
-            network,
-            prefix_len,
-        })
-    }
-
-    /// The network address (host bits cleared).
-    pub fn network(&self) -> IpAddr {
-        self.network
-    }
-
-    /// The prefix length in bits.
-    pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
-    }
-
-    /// Whether `addr` lies in this network. Families never mix: an IPv4
-    /// network contains no IPv6 address, IPv4-mapped ones included (the
-    /// policy unwraps those itself).
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        match (self.network, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                u32::from(a) & mask_u32(self.prefix_len) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                u128::from(a) & mask_u128(self.prefix_len) == u128::from(net)
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = IpNetParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (addr_text, prefix_text) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr_text
-            .parse()
-            .map_err(|_| IpNetParseError::BadAddress(addr_text.to_owned()))?;
-        let (family, max) = match addr {
-            IpAddr::V4(_) => ("IPv4", 32u8),
-            IpAddr::V6(_) => ("IPv6", 128u8),
-        };
-        let prefix_len = match prefix_text {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|n| *n <= max && !p.starts_with('+'))
-                .ok_or_else(|| IpNetParseError::BadPrefix {
-                    prefix: p.to_owned(),
-                    family,
-                    max,
-                })?,
-        };
-        Self::new(addr, prefix_len)
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix_len)
-    }
-}
-
-/// The `prefix_len` high bits of a 32-bit value set.
-fn mask_u32(prefix_len: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32 - u32::from(prefix_len.min(32)))
-        .unwrap_or(0)
-}
-
-/// The `prefix_len` high bits of a 128-bit value set.
-fn mask_u128(prefix_len: u8) -> u128 {
-    u128::MAX
-        .checked_shl(128 - u32::from(prefix_len.min(128)))
-        .unwrap_or(0)
+        Some(p) => p.parse::<u8>().map_err(|_| bad_prefix(p))?,
+    };
+    IpNet::new(addr, prefix_len)
+        .map(|net| net.trunc())
+        .map_err(|_| bad_prefix(prefix_text.unwrap_or_default()))
 }
 
 /// Which destinations a public exit may dial.
@@ -246,66 +172,91 @@ impl PolicyError {
 /// `why` of an address refused by `deny_nets`.
 const WHY_DENIED: &str = "in deny_nets";
 
-/// IPv4 ranges refused by default: (network, prefix length, why).
+/// `a.b.c.d/len`, for the tables below (a typo in them fails the build).
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len)
+}
+
+/// `s0:s1:s2::/len`, for the tables below.
+const fn v6(s0: u16, s1: u16, s2: u16, len: u8) -> Ipv6Net {
+    Ipv6Net::new_assert(Ipv6Addr::new(s0, s1, s2, 0, 0, 0, 0, 0), len)
+}
+
+/// IPv4 ranges refused by default, each with why.
 /// Narrower ranges come before the wider ones that contain them.
-const SPECIAL_V4: &[(u32, u8, &str)] = &[
-    (0xFFFF_FFFF, 32, "limited broadcast (255.255.255.255/32)"),
-    (0x0000_0000, 8, "\"this network\" (0.0.0.0/8, RFC 1122)"),
-    (0x7F00_0000, 8, "loopback (127.0.0.0/8)"),
-    (0x0A00_0000, 8, "private (10.0.0.0/8, RFC 1918)"),
-    (0xAC10_0000, 12, "private (172.16.0.0/12, RFC 1918)"),
-    (0xC0A8_0000, 16, "private (192.168.0.0/16, RFC 1918)"),
+const SPECIAL_V4: &[(Ipv4Net, &str)] = &[
     (
-        0x6440_0000,
-        10,
+        v4(255, 255, 255, 255, 32),
+        "limited broadcast (255.255.255.255/32)",
+    ),
+    (v4(0, 0, 0, 0, 8), "\"this network\" (0.0.0.0/8, RFC 1122)"),
+    (v4(127, 0, 0, 0, 8), "loopback (127.0.0.0/8)"),
+    (v4(10, 0, 0, 0, 8), "private (10.0.0.0/8, RFC 1918)"),
+    (v4(172, 16, 0, 0, 12), "private (172.16.0.0/12, RFC 1918)"),
+    (v4(192, 168, 0, 0, 16), "private (192.168.0.0/16, RFC 1918)"),
+    (
+        v4(100, 64, 0, 0, 10),
         "shared address space / CGNAT (100.64.0.0/10, RFC 6598)",
     ),
-    (0xA9FE_0000, 16, "link-local (169.254.0.0/16, RFC 3927)"),
     (
-        0xC000_0000,
-        24,
+        v4(169, 254, 0, 0, 16),
+        "link-local (169.254.0.0/16, RFC 3927)",
+    ),
+    (
+        v4(192, 0, 0, 0, 24),
         "IETF protocol assignments (192.0.0.0/24, RFC 6890)",
     ),
-    (0xC000_0200, 24, "documentation (192.0.2.0/24, RFC 5737)"),
-    (0xC633_6400, 24, "documentation (198.51.100.0/24, RFC 5737)"),
-    (0xCB00_7100, 24, "documentation (203.0.113.0/24, RFC 5737)"),
-    (0xC612_0000, 15, "benchmarking (198.18.0.0/15, RFC 2544)"),
-    (0xE000_0000, 4, "multicast (224.0.0.0/4)"),
-    (0xF000_0000, 4, "reserved (240.0.0.0/4)"),
+    (
+        v4(192, 0, 2, 0, 24),
+        "documentation (192.0.2.0/24, RFC 5737)",
+    ),
+    (
+        v4(198, 51, 100, 0, 24),
+        "documentation (198.51.100.0/24, RFC 5737)",
+    ),
+    (
+        v4(203, 0, 113, 0, 24),
+        "documentation (203.0.113.0/24, RFC 5737)",
+    ),
+    (
+        v4(198, 18, 0, 0, 15),
+        "benchmarking (198.18.0.0/15, RFC 2544)",
+    ),
+    (v4(224, 0, 0, 0, 4), "multicast (224.0.0.0/4)"),
+    (v4(240, 0, 0, 0, 4), "reserved (240.0.0.0/4)"),
 ];
 
-/// IPv6 ranges refused by default: (network, prefix length, why).
+/// IPv6 ranges refused by default, each with why.
 /// Narrower ranges come before the wider ones that contain them.
 /// IPv4-mapped and NAT64 addresses never reach this table (see
 /// [`embedded_v4`]).
-const SPECIAL_V6: &[(u128, u8, &str)] = &[
-    (0, 128, "unspecified (::/128)"),
-    (1, 128, "loopback (::1/128)"),
-    (0, 96, "IPv4-compatible, deprecated (::/96, RFC 4291)"),
+const SPECIAL_V6: &[(Ipv6Net, &str)] = &[
+    (v6(0, 0, 0, 128), "unspecified (::/128)"),
     (
-        0x0064_ff9b_0001_u128 << 80,
-        48,
+        Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128),
+        "loopback (::1/128)",
+    ),
+    (
+        v6(0, 0, 0, 96),
+        "IPv4-compatible, deprecated (::/96, RFC 4291)",
+    ),
+    (
+        v6(0x64, 0xff9b, 1, 48),
         "local-use IPv4/IPv6 translation (64:ff9b:1::/48, RFC 8215)",
     ),
-    (0x0100_u128 << 112, 64, "discard-only (100::/64, RFC 6666)"),
+    (v6(0x100, 0, 0, 64), "discard-only (100::/64, RFC 6666)"),
     (
-        0x2001_0db8_u128 << 96,
-        32,
+        v6(0x2001, 0xdb8, 0, 32),
         "documentation (2001:db8::/32, RFC 3849)",
     ),
+    (v6(0x3fff, 0, 0, 20), "documentation (3fff::/20, RFC 9637)"),
+    (v6(0xfc00, 0, 0, 7), "unique local (fc00::/7, RFC 4193)"),
+    (v6(0xfe80, 0, 0, 10), "link-local (fe80::/10)"),
     (
-        0x3fff_u128 << 112,
-        20,
-        "documentation (3fff::/20, RFC 9637)",
-    ),
-    (0xfc00_u128 << 112, 7, "unique local (fc00::/7, RFC 4193)"),
-    (0xfe80_u128 << 112, 10, "link-local (fe80::/10)"),
-    (
-        0xfec0_u128 << 112,
-        10,
+        v6(0xfec0, 0, 0, 10),
         "site-local, deprecated (fec0::/10, RFC 3879)",
     ),
-    (0xff00_u128 << 112, 8, "multicast (ff00::/8)"),
+    (v6(0xff00, 0, 0, 8), "multicast (ff00::/8)"),
 ];
 
 /// The IPv4 address an IPv6 address stands for, if it is IPv4-mapped
@@ -326,22 +277,16 @@ fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
 /// The range refused by default that contains `ip`, if any.
 fn special_range(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            SPECIAL_V4
-                .iter()
-                .find(|(net, len, _)| bits & mask_u32(*len) == *net)
-                .map(|(_, _, why)| *why)
-        }
+        IpAddr::V4(a) => SPECIAL_V4
+            .iter()
+            .find(|(net, _)| net.contains(&a))
+            .map(|(_, why)| *why),
         IpAddr::V6(a) => match embedded_v4(a) {
             Some(v4) => special_range(IpAddr::V4(v4)),
-            None => {
-                let bits = u128::from(a);
-                SPECIAL_V6
-                    .iter()
-                    .find(|(net, len, _)| bits & mask_u128(*len) == *net)
-                    .map(|(_, _, why)| *why)
-            }
+            None => SPECIAL_V6
+                .iter()
+                .find(|(net, _)| net.contains(&a))
+                .map(|(_, why)| *why),
         },
     }
 }
@@ -354,7 +299,7 @@ impl EgressPolicy {
             IpAddr::V4(_) => None,
         };
         nets.iter()
-            .any(|n| n.contains(ip) || embedded.is_some_and(|e| n.contains(e)))
+            .any(|n| n.contains(&ip) || embedded.is_some_and(|e| n.contains(&e)))
     }
 
     /// Checks one resolved address and port.
@@ -450,7 +395,11 @@ mod tests {
     use super::*;
 
     fn net(s: &str) -> IpNet {
-        s.parse().expect("test network parses")
+        parse_net(s).expect("test network parses")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address parses")
     }
 
     fn sock(s: &str) -> SocketAddr {
@@ -473,9 +422,9 @@ mod tests {
         assert_eq!(net("::1").to_string(), "::1/128");
         assert_eq!(net("2001:db8::1/32").to_string(), "2001:db8::/32");
         assert_eq!(net("0.0.0.0/0").prefix_len(), 0);
-        assert!(net("0.0.0.0/0").contains("8.8.8.8".parse().unwrap()));
-        assert!(net("::/0").contains("2606:4700::1".parse().unwrap()));
-        assert!(!net("::/0").contains("8.8.8.8".parse().unwrap()));
+        assert!(net("0.0.0.0/0").contains(&ip("8.8.8.8")));
+        assert!(net("::/0").contains(&ip("2606:4700::1")));
+        assert!(!net("::/0").contains(&ip("8.8.8.8")));
         for bad in [
             "",
             "10.0.0.0/33",
@@ -485,9 +434,9 @@ mod tests {
             "x/8",
             "1.2.3.4/+8",
         ] {
-            assert!(bad.parse::<IpNet>().is_err(), "{bad:?} parsed");
+            assert!(parse_net(bad).is_err(), "{bad:?} parsed");
         }
-        assert!(IpNet::new("10.0.0.0".parse().unwrap(), 33).is_err());
+        assert!(IpNet::new(ip("10.0.0.0"), 33).is_err());
     }
 
     #[test]
