@@ -26,9 +26,12 @@ pub enum AddrError {
     /// There is no port, and none is implied.
     #[error("missing port in `{0}`")]
     MissingPort(String),
-    /// The port is not a decimal number from 1 to 65535.
-    #[error("port not from 1 to 65535 in `{0}`")]
+    /// The port is not a decimal number.
+    #[error("port not a decimal number in `{0}`")]
     BadPort(String),
+    /// The port is a number but not from 1 to 65535.
+    #[error("port not from 1 to 65535 in `{0}`")]
+    PortOutOfRange(String),
 }
 
 /// A destination: host (brackets removed from an IPv6 literal) and port.
@@ -88,7 +91,10 @@ impl HostPort {
             return Err(AddrError::EmptyHost(text.into()));
         }
         let port = match port.filter(|p| !p.is_empty()) {
-            Some(p) => parse_port(p).ok_or_else(|| AddrError::BadPort(text.into()))?,
+            Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(AddrError::BadPort(text.into()))
+            }
+            Some(p) => parse_port(p).ok_or_else(|| AddrError::PortOutOfRange(text.into()))?,
             None => default_port.ok_or_else(|| AddrError::MissingPort(text.into()))?,
         };
         Ok(Self::new(host, port))

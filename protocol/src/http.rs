@@ -279,6 +279,7 @@ fn parse_authority(text: &str, default_port: Option<u16>) -> Result<Authority, H
             AddrError::JunkAfterIpv6(_) => "junk after IPv6 literal",
             AddrError::MissingPort(_) => "missing port",
             AddrError::BadPort(_) => "invalid port",
+            AddrError::PortOutOfRange(_) => "port out of range",
         };
         bad(why)
     })?;

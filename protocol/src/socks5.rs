@@ -136,7 +136,7 @@ pub enum Socks5Error {
     #[error("SOCKS5 request has an empty or non-UTF-8 domain name")]
     BadDomain,
     /// The client's input ended before the handshake did.
-    #[error("the client closed the connection mid-handshake")]
+    #[error("SOCKS5 I/O error: the client closed the connection mid-handshake")]
     Truncated,
 }
 

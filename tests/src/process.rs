@@ -87,7 +87,7 @@ impl NwsProcess {
     pub async fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> NwsProcess {
         let mut cmd = Command::new(nws_bin());
         cmd.args(args)
-            .env("RUST_LOG", "info,nws_core=debug")
+            .env("RUST_LOG", "info,nws_core=debug,nws_protocol=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -395,7 +395,7 @@ async fn routed_names_never_reach_the_system_resolver() {
         nws.display(),
         svc.relay_url()
     ));
-    cmd.env("RUST_LOG", "info,nws_core=debug");
+    cmd.env("RUST_LOG", "info,nws_core=debug,nws_protocol=debug");
     let entry = ReadyProcess::start(cmd).await.expect("entry in the jail");
     let socks = entry.value("socks5").to_string();
     let http = format!("http://{}", entry.value("http"));
@@ -471,7 +471,7 @@ async fn names_for_public_exits_never_reach_the_entrys_resolver() {
         nws.display(),
         dir.path().join("exit.key").display()
     ));
-    cmd.env("RUST_LOG", "info,nws_core=debug");
+    cmd.env("RUST_LOG", "info,nws_core=debug,nws_protocol=debug");
     let exit = ReadyProcess::start(cmd)
         .await
         .expect("public exit in its jail");
@@ -498,7 +498,7 @@ async fn names_for_public_exits_never_reach_the_entrys_resolver() {
             "{} entry --no-auth --relay {url} --socks 127.0.0.1:0 --http 127.0.0.1:0 {how}",
             nws.display(),
         ));
-        cmd.env("RUST_LOG", "info,nws_core=debug");
+        cmd.env("RUST_LOG", "info,nws_core=debug,nws_protocol=debug");
         let entry = ReadyProcess::start(cmd).await.expect("entry in the jail");
         let socks = entry.value("socks5").to_string();
         let http = format!("http://{}", entry.value("http"));
