@@ -124,14 +124,14 @@ impl Conn {
     pub fn key(&self) -> &str {
         self.engine.key()
     }
+}
 
-    /// Publishes whatever the engine has queued (its `ERROR` after a
-    /// refusal, say) and ends.
-    // Only the exit refuses a stream before it has a connection.
-    #[cfg_attr(not(feature = "exit"), allow(dead_code))]
-    pub async fn flush(&mut self) {
-        let _ = drain(&mut self.engine, &self.link, &mut self.delivery).await;
-    }
+/// Publishes whatever `engine` has queued (its `ERROR` after a refusal, say)
+/// for a stream that ends before it has a local socket.
+// Only the exit refuses a stream before it has a connection.
+#[cfg_attr(not(feature = "exit"), allow(dead_code))]
+pub(crate) async fn flush(engine: &mut Stream, link: &Link) {
+    let _ = drain(engine, link, &mut Delivery::default()).await;
 }
 
 /// Size of one read from the local socket, in bytes.
@@ -356,13 +356,13 @@ where
         if engine.is_lingering() && delivery.is_empty() {
             // Done for the local side: release the socket and the caller, and
             // acknowledge the peer's last retransmissions in the background.
-            stats.record(&engine, "lingering");
+            let end = stats.record(&engine, Ok(()));
             drop((rd, wr, slot));
             tokio::spawn(async move {
                 linger(engine, link, inbox).await;
                 drop(keep);
             });
-            return Ok(());
+            return end;
         }
         if local_eof && engine.dialect() == Dialect::Legacy {
             // A legacy peer has no close message: the local side ending is the end.

@@ -17,7 +17,7 @@ use super::admission::Admission;
 use super::target::serve_stream;
 use super::ExitConfig;
 use crate::demux::{Demux, Routed};
-use crate::driver::{Conn, Inbox};
+use crate::driver::{flush, Conn, Inbox};
 use crate::engine::Stream;
 use crate::link::Link;
 use crate::protocol::{Cipher, ErrorReason, Message, MessageType};
@@ -126,13 +126,7 @@ impl Server {
         if let Some(reason) = self.admission(&author) {
             log::warn!("stream {key} from {author}: refused ({reason})");
             engine.backend_failed(reason);
-            let mut conn = Conn::new(
-                engine,
-                link,
-                Inbox::Messages(mpsc::channel(1).1),
-                Box::new(()),
-            );
-            tokio::spawn(async move { conn.flush().await });
+            tokio::spawn(async move { flush(&mut engine, &link).await });
             return;
         }
         let (rx, registration) = self.demux.register(author, cipher, &key);

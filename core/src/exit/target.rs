@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{front, ExitConfig};
-use crate::driver::{pump, Conn};
+use crate::driver::{flush, pump, Conn};
 use crate::names::is_nws_host;
 use crate::policy::EgressPolicy;
 use crate::protocol::{ErrorReason, HostPort};
@@ -153,7 +153,7 @@ pub(super) async fn serve_stream(
         Ok(s) => s,
         Err(reason) => {
             conn.engine.backend_failed(reason);
-            conn.flush().await;
+            flush(&mut conn.engine, &conn.link).await;
             return;
         }
     };
