@@ -329,9 +329,8 @@ where
     let mut local_eof = false;
     loop {
         let now = Instant::now();
-        if let Some(limit) = link.transport().content_limit() {
-            engine.limit_segment(crate::protocol::max_data_for_content(limit), now);
-        }
+        let limit = link.transport().content_limit(link.relays());
+        engine.limit_segment(crate::protocol::max_data_for_content(limit), now);
         if !pending.is_empty() && engine.send_capacity() > 0 {
             match engine.write(&pending, now) {
                 Ok(n) => {

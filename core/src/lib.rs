@@ -25,8 +25,10 @@ pub mod entry;
 pub mod exit;
 pub mod link;
 pub mod nip11;
+pub mod path;
 #[cfg(feature = "exit")]
 pub mod policy;
+pub mod relay_tls;
 pub mod stats;
 pub mod sync;
 pub mod tls;

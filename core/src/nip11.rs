@@ -14,7 +14,6 @@
 //! `httparse` and rust-nostr's NIP-11 types; the response is capped at
 //! [`MAX_DOCUMENT_BYTES`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use nostr::nips::nip11::RelayInformationDocument;
@@ -115,18 +114,10 @@ async fn fetch(relay: &RelayUrl) -> Result<RelayLimits, Nip11Error> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = TcpStream::connect((bare, port)).await?;
     let raw = if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Nip11Error::BadAnswer(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = crate::relay_tls::client_config();
         let name = rustls::pki_types::ServerName::try_from(bare.to_string())
             .map_err(|e| Nip11Error::BadAnswer(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;
         exchange(stream, &request).await?

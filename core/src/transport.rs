@@ -13,7 +13,7 @@
 
 use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ use nostr_sdk::prelude::{
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::nip11::EVENT_OVERHEAD_BYTES;
+use crate::path::socket::{Paths, RelaySockets};
+use crate::path::BASE_MESSAGE;
 use crate::protocol::{recipient, KIND_STREAM};
 
 /// How often a disconnected relay is retried.
@@ -40,8 +43,6 @@ const MAX_RELAY_QUEUE: usize = 256;
 /// on, so a few thousand are plenty; a router that falls further behind
 /// loses events, which version-2 streams retransmit.
 const NOTIFICATION_CHANNEL: usize = 4096;
-/// How many published events' sizes are remembered.
-const RECENT_EVENTS: usize = 1024;
 /// Events one route ([`Transport::route`]) holds for a receiver that has
 /// not taken them yet; more are dropped.
 pub const ROUTE_CAPACITY: usize = 4096;
@@ -114,12 +115,8 @@ struct Inner {
     router: Mutex<Option<JoinHandle<()>>>,
     published: AtomicU64,
     received: AtomicU64,
-    /// Content sizes of recently published events, to learn size limits
-    /// from `OK false` answers.
-    recent: Mutex<VecDeque<(EventId, usize)>>,
-    /// Smallest event content a relay rejected as too large, in bytes
-    /// (`usize::MAX` while none has).
-    content_limit: AtomicUsize,
+    /// What each relay connection learned (sizes, `OK` habit, pace).
+    paths: Arc<Paths>,
     /// Events whose `created_at` is further than this from now, in
     /// seconds, are dropped (replay protection).
     replay_window: AtomicU64,
@@ -140,10 +137,21 @@ impl std::fmt::Debug for Transport {
 impl Transport {
     /// Creates the pool and starts the router. Relays are added with
     /// [`Transport::add_relays`]. Must be called inside a tokio runtime.
+    /// A relay that asks for authentication (NIP-42) gets it with a key made
+    /// for this transport; see [`Transport::with_auth_keys`].
     pub fn new() -> Self {
-        let pool = RelayPool::builder()
-            .opts(RelayPoolOptions::new().notification_channel_size(NOTIFICATION_CHANNEL))
-            .build();
+        Self::with_auth_keys(nostr::Keys::generate())
+    }
+
+    /// Like [`Transport::new`], authenticating to relays that ask (NIP-42
+    /// `AUTH`) with `keys`.
+    pub fn with_auth_keys(keys: nostr::Keys) -> Self {
+        let paths = Arc::new(Paths::default());
+        let mut builder = RelayPool::builder()
+            .websocket_transport(RelaySockets::new(Arc::clone(&paths)))
+            .opts(RelayPoolOptions::new().notification_channel_size(NOTIFICATION_CHANNEL));
+        builder.__signer = Some(Arc::new(keys));
+        let pool = builder.build();
         let inner = Arc::new(Inner {
             pool,
             routes: Mutex::new(Routes {
@@ -156,8 +164,7 @@ impl Transport {
             router: Mutex::new(None),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
-            recent: Mutex::new(VecDeque::new()),
-            content_limit: AtomicUsize::new(usize::MAX),
+            paths,
             replay_window: AtomicU64::new(DEFAULT_REPLAY_WINDOW.as_secs()),
         });
         let notifications = inner.pool.notifications();
@@ -192,24 +199,28 @@ impl Transport {
     }
 
     /// Reads `relay`'s NIP-11 document in the background; a published size
-    /// limit lowers [`Transport::content_limit`] before any event is lost to it.
+    /// limit becomes that relay's starting size before any event is lost to
+    /// it (the relay connection's prober waits for it a moment).
     fn learn_limits(&self, relay: RelayUrl) {
-        let inner = Arc::downgrade(&self.inner);
+        let path = self.inner.paths.get(relay.as_str());
         tokio::spawn(async move {
             match crate::nip11::fetch_limits(&relay, NIP11_TIMEOUT).await {
-                Ok(limits) => {
-                    let Some(limit) = limits.content_limit() else {
-                        log::debug!("relay {relay}: NIP-11 document without size limits");
-                        return;
-                    };
-                    if let Some(inner) = inner.upgrade() {
-                        inner.content_limit.fetch_min(limit, Ordering::Relaxed);
+                Ok(limits) => match limits.content_limit() {
+                    Some(limit) => {
                         log::info!(
                             "relay {relay}: NIP-11 limits {limits:?}: event content kept under {limit} bytes"
                         );
+                        path.nip11(Some(limit + EVENT_OVERHEAD_BYTES));
                     }
+                    None => {
+                        log::debug!("relay {relay}: NIP-11 document without size limits");
+                        path.nip11(None);
+                    }
+                },
+                Err(e) => {
+                    log::debug!("relay {relay}: no NIP-11 limits ({e})");
+                    path.nip11(None);
                 }
-                Err(e) => log::debug!("relay {relay}: no NIP-11 limits ({e})"),
             }
         });
     }
@@ -374,6 +385,20 @@ impl Transport {
     /// [`TransportError::NotPublished`] if no relay took the event;
     /// [`TransportError::Pool`] if the pool refused the call.
     pub async fn publish(&self, event: &Event, relays: &[RelayUrl]) -> Result<(), TransportError> {
+        // Relays known to refuse an event this large are skipped while
+        // another may take it.
+        let size = event.content.len() + EVENT_OVERHEAD_BYTES;
+        let fitting: Vec<RelayUrl> = relays
+            .iter()
+            .filter(|r| {
+                self.inner
+                    .paths
+                    .find(r.as_str())
+                    .is_none_or(|p| p.confirmed() >= size)
+            })
+            .cloned()
+            .collect();
+        let relays: &[RelayUrl] = if fitting.is_empty() { relays } else { &fitting };
         self.wait_for_queue_room(relays).await;
         let out = self
             .inner
@@ -382,13 +407,6 @@ impl Transport {
             .await
             .map_err(|e| TransportError::Pool(e.to_string()))?;
         self.inner.published.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut recent = lock(&self.inner.recent);
-            recent.push_back((event.id, event.content.len()));
-            if recent.len() > RECENT_EVENTS {
-                recent.pop_front();
-            }
-        }
         if out.success.is_empty() {
             let why: Vec<String> = out
                 .failed
@@ -413,7 +431,18 @@ impl Transport {
         let result = self.publish(event, relays).await;
         let mut report = PublishReport::default();
         if result.is_ok() {
-            let mut waiting: HashSet<RelayUrl> = relays.iter().cloned().collect();
+            // Relays that never answer ephemeral events are not waited for.
+            let silent = |r: &RelayUrl| {
+                event.kind.is_ephemeral()
+                    && self
+                        .inner
+                        .paths
+                        .find(r.as_str())
+                        .is_some_and(|p| p.answers_ok() == Some(false))
+            };
+            report.unknown = relays.iter().filter(|r| silent(r)).cloned().collect();
+            let mut waiting: HashSet<RelayUrl> =
+                relays.iter().filter(|r| !silent(r)).cloned().collect();
             let deadline = tokio::time::Instant::now() + timeout;
             while !waiting.is_empty() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -429,7 +458,7 @@ impl Transport {
                     _ => break,
                 }
             }
-            report.unknown = waiting.into_iter().collect();
+            report.unknown.extend(waiting);
         }
         lock(&self.inner.routes).pending_ok.remove(&event.id);
         result.map(|_| report)
@@ -460,13 +489,26 @@ impl Transport {
         )
     }
 
-    /// The smallest event content (bytes) a relay has rejected as too
-    /// large, if any: streams keep their events below it.
-    pub fn content_limit(&self) -> Option<usize> {
-        match self.inner.content_limit.load(Ordering::Relaxed) {
-            usize::MAX => None,
-            n => Some(n),
-        }
+    /// Largest event content (bytes) worth sending through `relays`: the
+    /// largest size confirmed on any of them (events too large for some
+    /// relays skip those), or what almost every relay takes while nothing
+    /// is known.
+    pub fn content_limit(&self, relays: &[RelayUrl]) -> usize {
+        relays
+            .iter()
+            .filter_map(|r| self.inner.paths.find(r.as_str()))
+            .map(|p| p.confirmed())
+            .max()
+            .unwrap_or(BASE_MESSAGE)
+            .saturating_sub(EVENT_OVERHEAD_BYTES)
+    }
+
+    /// What the transport learned about `relay`: largest message size
+    /// confirmed (bytes), whether it answers ephemeral events with `OK`,
+    /// and the pace it is held to (events per second), if any.
+    pub fn relay_path(&self, relay: &RelayUrl) -> Option<(usize, Option<bool>, Option<f64>)> {
+        let p = self.inner.paths.find(relay.as_str())?;
+        Some((p.confirmed(), p.answers_ok(), p.pace()))
     }
 
     /// Disconnects from every relay and stops the router.
@@ -560,19 +602,6 @@ async fn run_router(
                         message,
                     },
             } => {
-                if !status && is_size_rejection(&message) {
-                    let size = lock(&inner.recent)
-                        .iter()
-                        .find(|(id, _)| *id == event_id)
-                        .map(|(_, n)| *n);
-                    if let Some(size) = size {
-                        let limit = limit_from_rejection(&message, size);
-                        log::info!(
-                            "relay {relay_url} rejected a {size}-byte event as too large ({message}): content kept under {limit} bytes"
-                        );
-                        inner.content_limit.fetch_min(limit, Ordering::Relaxed);
-                    }
-                }
                 let routes = lock(&inner.routes);
                 if let Some(tx) = routes.pending_ok.get(&event_id) {
                     let _ = tx.send((relay_url, status, message.into_owned()));
@@ -583,33 +612,6 @@ async fn run_router(
             RelayPoolNotification::Shutdown => return,
             _ => {}
         }
-    }
-}
-
-/// Whether an `OK false` message says the event was too large (relays word
-/// it differently: "too large", "too big", "exceeds", "max ... size").
-fn is_size_rejection(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("too large") || m.contains("too big") || m.contains("exceed") || m.contains("size")
-}
-
-/// The content limit to keep after a relay rejected an event whose content
-/// was `content` bytes as too large: the relay's own figure when its message
-/// names one below the event's size (`... (70123 > 65536 bytes)`), less the
-/// rest of the event; otherwise half the rejected size, so that a few
-/// rejections find any limit.
-fn limit_from_rejection(message: &str, content: usize) -> usize {
-    let event = content + crate::nip11::EVENT_OVERHEAD_BYTES;
-    let hinted = message
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<usize>().ok())
-        .filter(|&n| (1024..event).contains(&n))
-        .min();
-    match hinted {
-        Some(n) => n
-            .saturating_sub(crate::nip11::EVENT_OVERHEAD_BYTES)
-            .max(256),
-        None => (content / 2).max(256),
     }
 }
 
@@ -638,19 +640,4 @@ pub fn entry_stream_filter(
 /// peers (relays do not store ephemeral events, so nothing old is replayed).
 fn since_now() -> nostr::Timestamp {
     nostr::Timestamp::from_secs(nostr::Timestamp::now().as_secs().saturating_sub(30))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_size_rejection_with_the_relays_figure_gives_that_limit() {
-        let m = "invalid: event too large (45000 > 8192 bytes)";
-        assert_eq!(limit_from_rejection(m, 44_500), 8192 - 600);
-        // Numbers that cannot be the limit (timestamps, the event's size) are ignored.
-        let m = "blocked: event exceeds size at 1763700000";
-        assert_eq!(limit_from_rejection(m, 40_000), 20_000);
-        assert_eq!(limit_from_rejection("too large", 300), 256);
-    }
 }

@@ -117,3 +117,35 @@ fn full_data_event_fits_nip44() {
     assert_eq!(ev.kind, stream_kind());
     assert!(recipient(&ev).is_some());
 }
+
+#[test]
+fn content_for_data_bounds_real_events_and_max_data_fits() {
+    let a = Keys::generate();
+    let b = Keys::generate();
+    let cipher = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
+    let big = 1u64 << 40;
+    for data in [
+        0usize, 1, 100, 540, 1_000, 1_700, 4_000, 12_345, 24_000, 30_000,
+    ] {
+        let mut m = Message::new("3b1f09a8-2b10-4daa-880c-2a392e781f09", MessageType::Data);
+        m.data = vec![0xAB; data];
+        m.seq = Some(big);
+        m.ack = Some(big);
+        m.window = Some(big);
+        m.sack = Some(vec![[big, big + 1]; 16]);
+        let content = cipher.seal(&m).unwrap();
+        assert!(
+            content.len() <= content_for_data(data),
+            "{data} bytes: content {} > {}",
+            content.len(),
+            content_for_data(data)
+        );
+    }
+    for limit in [2_000usize, 4_096, 8_000, 55_400] {
+        let d = max_data_for_content(limit);
+        assert!(content_for_data(d) <= limit);
+        assert!(content_for_data(d + 1) > limit || d + 1 > DEFAULT_MAX_DATA_PER_EVENT * 2);
+    }
+    // A full default event fits the largest size streams use.
+    assert!(max_data_for_content(56_000 - 600) >= DEFAULT_MAX_DATA_PER_EVENT);
+}

@@ -32,11 +32,48 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// relays apply. (24 KiB of data would pad to the same size.)
 pub const DEFAULT_MAX_DATA_PER_EVENT: usize = 30_000;
 
+/// JSON a version-2 data message takes besides its base64 data, at most,
+/// in bytes: key, type, offsets, window and 16 selective-ack ranges (offsets
+/// below 2^40).
+const MESSAGE_JSON_OVERHEAD: usize = 700;
+
+/// NIP-44 v2's padded length for a plaintext of `len` bytes.
+fn nip44_padded(len: usize) -> usize {
+    if len <= 32 {
+        return 32;
+    }
+    let next_power = 1usize << (usize::BITS - (len - 1).leading_zeros());
+    let chunk = if next_power <= 256 {
+        32
+    } else {
+        next_power / 8
+    };
+    chunk * ((len - 1) / chunk + 1)
+}
+
+/// Length of the event content (base64 of the NIP-44 v2 payload: version,
+/// nonce, length prefix, padded plaintext, MAC) of a message carrying
+/// `data` stream bytes, in bytes, at most.
+pub fn content_for_data(data: usize) -> usize {
+    let json = data.div_ceil(3) * 4 + MESSAGE_JSON_OVERHEAD;
+    let payload = 1 + 32 + 2 + nip44_padded(json) + 32;
+    payload.div_ceil(3) * 4
+}
+
 /// The most stream bytes one message may carry so that its event content
-/// (base64 of NIP-44 over base64 inside JSON, about 2.3 times the data)
-/// stays below `content_limit` bytes, with a margin.
+/// stays within `content_limit` bytes ([`content_for_data`]), and at least
+/// 64.
 pub fn max_data_for_content(content_limit: usize) -> usize {
-    (content_limit / 5 * 2).max(256)
+    let (mut lo, mut hi) = (0usize, DEFAULT_MAX_DATA_PER_EVENT * 2);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if content_for_data(mid) <= content_limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo.max(64)
 }
 
 /// Largest NIP-44 v2 plaintext rust-nostr accepts, in bytes.

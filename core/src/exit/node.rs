@@ -44,7 +44,8 @@ impl ExitNode {
         if config.backend.is_empty() && !config.public && config.https.is_none() {
             return Err(ExitError::NothingToServe);
         }
-        let transport = Transport::new();
+        // Relays that want NIP-42 authentication see the exit's own key.
+        let transport = Transport::with_auth_keys(config.keys.clone());
         transport.set_replay_window(config.replay_window);
         transport
             .ensure_connected(&config.relays, config.relay_timeout)

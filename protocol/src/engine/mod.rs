@@ -471,13 +471,15 @@ impl Stream {
         self.state = State::Closed;
     }
 
-    /// Caps the segment size for good (a relay said an event was too
-    /// large): segments never grow back above the cap, and data in flight
-    /// in larger messages (which the relay rejected) is split and sent again
-    /// at once.
+    /// Sets the largest number of stream bytes one message may carry now,
+    /// as the relays' size limits allow (at most
+    /// [`StreamConfig::max_segment`]). It may grow or shrink; when it
+    /// shrinks, data in flight in larger messages (which the relay refused,
+    /// or will) is split and sent again at once, and nothing is ever
+    /// retransmitted above it.
     pub fn limit_segment(&mut self, bytes: usize, now: Instant) {
         let mut tx = Vec::new();
-        self.send.limit_segment(bytes, now, &mut tx);
+        self.send.limit_segment(bytes, &self.config, now, &mut tx);
         self.publish(tx);
     }
 

@@ -322,11 +322,27 @@ impl Send {
         }
     }
 
-    /// Caps the segment size for good; segments in flight above the cap are
-    /// split and queued again at once (the relay rejected them).
-    pub(super) fn limit_segment(&mut self, bytes: usize, now: Instant, tx: &mut Vec<Transmit>) {
-        let cap = bytes.max(1);
-        if cap >= self.ceiling {
+    /// Sets the largest segment the path takes now (it may grow or
+    /// shrink). Segments in flight above a smaller size are split and
+    /// queued again at once (the relay refused them, or will); bytes not
+    /// yet sent are cut to the new size as they go.
+    pub(super) fn limit_segment(
+        &mut self,
+        bytes: usize,
+        cfg: &StreamConfig,
+        now: Instant,
+        tx: &mut Vec<Transmit>,
+    ) {
+        let cap = bytes.clamp(1, cfg.max_segment.max(1));
+        if cap == self.ceiling {
+            return;
+        }
+        if cap > self.ceiling {
+            // Grown: unless timeouts shrank it on their own, follow.
+            if self.max_segment == self.ceiling {
+                self.max_segment = cap;
+            }
+            self.ceiling = cap;
             return;
         }
         self.ceiling = cap;
@@ -340,17 +356,30 @@ impl Send {
                 self.in_flight.push_back(seg);
                 continue;
             }
-            let n = seg.data.len().div_ceil(cap);
-            for (i, chunk) in seg.data.chunks(cap).enumerate() {
-                let offset = seg.offset + (i * cap) as u64;
-                let fin = seg.fin && i + 1 == n;
-                let piece = Segment::new(offset, chunk.to_vec(), fin, now, true);
+            for piece in split(&seg, cap, now) {
                 tx.push(Transmit::from(&piece));
                 self.segments_resent += 1;
                 self.in_flight.push_back(piece);
             }
         }
     }
+}
+
+/// `seg` cut into pieces of at most `max` bytes, marked resent at `now`
+/// (the `CLOSE` flag stays on the last).
+fn split(seg: &Segment, max: usize, now: Instant) -> Vec<Segment> {
+    if seg.data.is_empty() {
+        return vec![Segment::new(seg.offset, Vec::new(), seg.fin, now, true)];
+    }
+    let n = seg.data.len().div_ceil(max);
+    seg.data
+        .chunks(max)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let offset = seg.offset + (i * max) as u64;
+            Segment::new(offset, chunk.to_vec(), seg.fin && i + 1 == n, now, true)
+        })
+        .collect()
 }
 
 /// Acknowledgements and retransmission.
@@ -466,7 +495,9 @@ impl Send {
                 lost.push(i);
             }
         }
-        for &i in lost.iter().rev() {
+        // Highest first: a resend may split a segment, which moves the
+        // indexes after it.
+        for &i in &lost {
             self.resend_segment(i, now, tx);
         }
     }
@@ -515,7 +546,7 @@ impl Send {
         self.retransmit_first(now, cfg, timers, tx);
         // Every other hole the receiver reported is lost too by now.
         let holes: Vec<usize> = self.holes_below_sacked().collect();
-        for i in holes {
+        for i in holes.into_iter().rev() {
             self.resend_segment(i, now, tx);
         }
         RtoOutcome::Retransmitted
@@ -543,41 +574,35 @@ impl Send {
         timers: &mut TimerTable,
         tx: &mut Vec<Transmit>,
     ) {
-        let max = self.max_segment;
-        let Some(first) = self.in_flight.pop_front() else {
+        if self.in_flight.is_empty() {
             return;
-        };
-        let chunks: Vec<&[u8]> = if first.data.is_empty() {
-            vec![&[]]
-        } else {
-            first.data.chunks(max).collect()
-        };
-        let n = chunks.len();
-        let mut off = first.offset;
-        let mut pieces: Vec<Segment> = Vec::with_capacity(n);
-        for (i, c) in chunks.into_iter().enumerate() {
-            let fin = first.fin && i + 1 == n;
-            pieces.push(Segment::new(off, c.to_vec(), fin, now, true));
-            off += c.len() as u64;
         }
-        for seg in pieces.iter() {
-            tx.push(Transmit::from(seg));
-            self.segments_resent += 1;
-        }
-        for seg in pieces.into_iter().rev() {
-            self.in_flight.push_front(seg);
-        }
+        self.resend_segment(0, now, tx);
         timers.set(Timer::Retransmit, now + self.backed_off_rto(cfg));
     }
 
-    /// Sends in-flight segment `i` again as it is (marked resent at `now`).
+    /// Sends in-flight segment `i` again (marked resent at `now`), split
+    /// into pieces of the current largest segment if it is bigger: what
+    /// went too large once is never sent at that size again.
     fn resend_segment(&mut self, i: usize, now: Instant, tx: &mut Vec<Transmit>) {
         let Some(seg) = self.in_flight.get_mut(i) else {
             return;
         };
-        seg.sent_at = now;
-        seg.retransmitted = true;
-        tx.push(Transmit::from(&*seg));
-        self.segments_resent += 1;
+        if seg.data.len() <= self.max_segment {
+            seg.sent_at = now;
+            seg.retransmitted = true;
+            tx.push(Transmit::from(&*seg));
+            self.segments_resent += 1;
+            return;
+        }
+        let pieces = split(seg, self.max_segment, now);
+        for piece in &pieces {
+            tx.push(Transmit::from(piece));
+            self.segments_resent += 1;
+        }
+        let tail = self.in_flight.split_off(i + 1);
+        self.in_flight.pop_back();
+        self.in_flight.extend(pieces);
+        self.in_flight.extend(tail);
     }
 }
