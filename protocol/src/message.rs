@@ -106,6 +106,10 @@ pub enum MessageType {
     Close,
     /// v2: a standalone acknowledgement (`ack` and `window`, no data).
     Ack,
+    /// v2: a keepalive probe of an open stream whose peer has been quiet;
+    /// the peer answers at once with an `ACK` (or, if it does not know the
+    /// stream, with `ERROR` `unknown-stream`).
+    Ping,
     /// Any other type: kept so it can be logged and ignored.
     Unknown(String),
 }
@@ -122,6 +126,7 @@ impl MessageType {
             Self::Error => "ERROR",
             Self::Close => "CLOSE",
             Self::Ack => "ACK",
+            Self::Ping => "PING",
             Self::Unknown(s) => s,
         }
     }
@@ -143,6 +148,7 @@ impl From<&str> for MessageType {
             "ERROR" => Self::Error,
             "CLOSE" => Self::Close,
             "ACK" => Self::Ack,
+            "PING" => Self::Ping,
             other => Self::Unknown(other.to_string()),
         }
     }
@@ -190,6 +196,10 @@ pub enum ErrorReason {
     /// The sender's local socket (the client's at the entry, the backend's
     /// at the exit) failed or was reset while bytes were still to go.
     ConnectionReset,
+    /// The receiver has no such stream (it restarted, or forgot the stream
+    /// long ago): the answer to any message for a stream it does not know,
+    /// like a TCP reset for a segment of no connection.
+    UnknownStream,
     /// A code this implementation does not know, as received. Never sent:
     /// every code this implementation sends is one of the variants above.
     Other(String),
@@ -207,6 +217,7 @@ impl ErrorReason {
             Self::Timeout => "timeout",
             Self::ProtocolError => "protocol-error",
             Self::ConnectionReset => "connection-reset",
+            Self::UnknownStream => "unknown-stream",
             Self::Other(s) => s,
         }
     }
@@ -222,6 +233,7 @@ impl ErrorReason {
             "timeout" => Self::Timeout,
             "protocol-error" => Self::ProtocolError,
             "connection-reset" => Self::ConnectionReset,
+            "unknown-stream" => Self::UnknownStream,
             other => Self::Other(other.to_string()),
         }
     }

@@ -6,8 +6,9 @@
 //! each stream's own task, so one slow relay or backend cannot stall every
 //! other stream.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nostr::{Event, PublicKey};
 use tokio::sync::mpsc;
@@ -22,7 +23,13 @@ use crate::engine::Stream;
 use crate::link::Link;
 use crate::protocol::{Cipher, ErrorReason, Message, MessageType};
 use crate::stats::{OpenSlot, Stats};
+use crate::sync::lock;
 use crate::transport::Transport;
+
+/// Shortest time between two `unknown-stream` answers to one author.
+const UNKNOWN_STREAM_HOLDOFF: Duration = Duration::from_secs(1);
+/// Authors remembered for that hold-off; past it the oldest are forgotten.
+const UNKNOWN_STREAM_AUTHORS: usize = 4096;
 
 /// What the event loop and the streams it starts share.
 pub(super) struct Server {
@@ -34,6 +41,8 @@ pub(super) struct Server {
     admission: Admission,
     pub(super) stats: Arc<Stats>,
     pub(super) cancel: CancellationToken,
+    /// When each author was last told `unknown-stream`.
+    unknown_answered: Mutex<HashMap<PublicKey, Instant>>,
 }
 
 impl Server {
@@ -54,6 +63,7 @@ impl Server {
             admission: Admission::default(),
             stats,
             cancel,
+            unknown_answered: Mutex::default(),
         }
     }
 
@@ -81,9 +91,56 @@ impl Server {
             } => match msg.kind {
                 MessageType::Connect => self.accept(author, cipher, msg),
                 MessageType::ConnectReverse => self.accept_reverse(author, cipher, msg),
-                kind => log::debug!("stream {}: {kind} for an unknown stream: dropped", msg.key),
+                _ => self.unknown_stream(author, cipher, msg),
             },
         }
+    }
+
+    /// A message for a stream this exit does not know (it restarted, or
+    /// the stream ended long ago): a version-2 peer is told so with an
+    /// `ERROR` `unknown-stream`, like a TCP reset, at most once a second
+    /// per author. An `ERROR` is never answered, nor a legacy peer's data
+    /// (it would not understand).
+    fn unknown_stream(&self, author: PublicKey, cipher: Cipher, msg: Message) {
+        let v2 = msg.seq.is_some()
+            || msg.ack.is_some()
+            || matches!(
+                msg.kind,
+                MessageType::Ping | MessageType::Ack | MessageType::Close
+            );
+        if msg.kind == MessageType::Error || !v2 {
+            log::debug!("stream {}: {} for an unknown stream: dropped", msg.key, msg.kind);
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut answered = lock(&self.unknown_answered);
+            if answered
+                .get(&author)
+                .is_some_and(|t| now < *t + UNKNOWN_STREAM_HOLDOFF)
+            {
+                return;
+            }
+            if answered.len() >= UNKNOWN_STREAM_AUTHORS {
+                answered.retain(|_, t| now < *t + UNKNOWN_STREAM_HOLDOFF);
+                if answered.len() >= UNKNOWN_STREAM_AUTHORS {
+                    return;
+                }
+            }
+            answered.insert(author, now);
+        }
+        log::info!(
+            "stream {}: {} for an unknown stream: answering unknown-stream",
+            msg.key,
+            msg.kind
+        );
+        let link = self.link(author, cipher);
+        let error = Message::error(msg.key, &ErrorReason::UnknownStream);
+        tokio::spawn(async move {
+            if let Err(e) = link.send(&error).await {
+                log::debug!("unknown-stream answer not sent: {e}");
+            }
+        });
     }
 
     /// Why a new stream from `author` must be refused, if it must (see

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::message::{ErrorReason, Message, MessageType, PROTOCOL_VERSION};
 
+mod keepalive;
 mod legacy;
 mod recv;
 mod rtt;
@@ -45,6 +46,7 @@ mod send;
 pub mod sim;
 mod timer;
 
+use keepalive::Keepalive;
 use recv::{Delivery, Recv};
 use send::{RtoOutcome, Send, Transmit};
 use timer::{Timer, TimerTable};
@@ -178,6 +180,7 @@ pub struct Stream {
     /// The `CONNECT` as sent, retransmitted until the exit answers (entry, v2).
     connect: Option<Message>,
     timers: TimerTable,
+    keepalive: Keepalive,
     out: VecDeque<Output>,
 }
 
@@ -289,6 +292,7 @@ impl Stream {
             destination,
             connect: None,
             timers: TimerTable::default(),
+            keepalive: Keepalive::new(),
             out: VecDeque::new(),
         }
     }
@@ -386,6 +390,7 @@ impl Stream {
                 Timer::Ack,
                 Timer::Connect,
                 Timer::Coalesce,
+                Timer::Keepalive,
             ]),
         }
     }
@@ -408,6 +413,8 @@ impl Stream {
         }
         self.state = State::Open;
         self.out.push_back(Output::Opened);
+        let at = self.keepalive.heard(now, true);
+        self.timers.set(Timer::Keepalive, at);
         // Bytes that rode in the CONNECT (0-RTT) wait until now; CONNECTED
         // then acknowledges them.
         self.drain_in_order(now);
@@ -543,6 +550,12 @@ impl Stream {
         }
         if self.timers.is_expired(Timer::Retransmit, now) {
             self.on_rto(now);
+            if self.state == State::Closed {
+                return;
+            }
+        }
+        if self.timers.is_expired(Timer::Keepalive, now) {
+            self.on_keepalive(now);
             if self.state == State::Closed {
                 return;
             }

@@ -17,15 +17,18 @@ pub(super) enum Timer {
     Coalesce,
     /// A finished stream stops acknowledging retransmissions and closes.
     Linger,
+    /// The peer has been quiet: ping it, or give up on it.
+    Keepalive,
 }
 
 impl Timer {
-    const ALL: [Timer; 5] = [
+    const ALL: [Timer; 6] = [
         Timer::Connect,
         Timer::Retransmit,
         Timer::Ack,
         Timer::Coalesce,
         Timer::Linger,
+        Timer::Keepalive,
     ];
 }
 

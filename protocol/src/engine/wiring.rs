@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    legacy, Delivery, ErrorReason, Message, MessageType, Output, RtoOutcome, Side, State, Stream,
+    keepalive, legacy, Delivery, ErrorReason, Message, MessageType, Output, RtoOutcome, Side, State, Stream,
     Timer, Transmit, PROTOCOL_VERSION,
 };
 
@@ -37,12 +37,17 @@ impl Stream {
                 }
             }
             MessageType::Close | MessageType::Ack => {}
+            MessageType::Ping => {
+                // Answer at once: the peer wants to know we are here.
+                self.recv.ack_now = true;
+            }
             MessageType::ConnectReverse | MessageType::Unknown(_) => {
                 log::debug!("stream {}: {} ignored", self.key, msg.kind);
                 return;
             }
         }
-        if msg.kind.is_data() || msg.kind == MessageType::Close || msg.kind == MessageType::Ack {
+        let carries_data = msg.kind.is_data() || msg.kind == MessageType::Close;
+        if carries_data || msg.kind == MessageType::Ack || msg.kind == MessageType::Ping {
             // Data from a v2 exit proves the stream open even if CONNECTED was lost.
             if self.state == State::Connecting && self.side == Side::Entry && msg.seq.is_some() {
                 self.on_connected(now);
@@ -69,7 +74,44 @@ impl Stream {
             },
             _ => {}
         }
+        if self.state == State::Open {
+            let at = self.keepalive.heard(now, carries_data);
+            self.timers.set(Timer::Keepalive, at);
+        }
         self.transmit(now);
+    }
+
+    /// The peer has been quiet for the keepalive interval: ping it, or give
+    /// it up after [`keepalive::MAX_PINGS`](super::keepalive::MAX_PINGS)
+    /// unanswered pings.
+    pub(super) fn on_keepalive(&mut self, now: Instant) {
+        if self.state != State::Open {
+            self.timers.stop(Timer::Keepalive);
+            return;
+        }
+        match self.keepalive.fire(now, self.send.rtt.rto) {
+            keepalive::Due::Ping(next) => {
+                log::debug!(
+                    "stream {}: peer quiet, PING ({} unanswered)",
+                    self.key,
+                    self.keepalive.unanswered()
+                );
+                let mut m = Message::new(self.key.clone(), MessageType::Ping);
+                self.add_ack(&mut m);
+                self.out.push_back(Output::Publish(m));
+                self.acknowledged_in_data();
+                self.timers.set(Timer::Keepalive, next);
+            }
+            keepalive::Due::GiveUp => {
+                log::info!(
+                    "stream {}: peer answered none of {} keepalive pings, aborting",
+                    self.key,
+                    keepalive::MAX_PINGS
+                );
+                self.abort(ErrorReason::Timeout);
+                self.out.push_back(Output::Aborted(ErrorReason::Timeout));
+            }
+        }
     }
 
     pub(super) fn send_connected(&mut self) {
@@ -88,6 +130,8 @@ impl Stream {
             self.timers.stop(Timer::Connect);
             self.send.on_open(now, &mut self.timers);
             self.out.push_back(Output::Opened);
+            let at = self.keepalive.heard(now, true);
+            self.timers.set(Timer::Keepalive, at);
             // Data that overtook the answer waits in the reorder buffer.
             self.drain_in_order(now);
         }

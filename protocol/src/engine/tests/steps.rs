@@ -176,6 +176,23 @@ fn data_from_a_v2_exit_opens_the_stream_when_connected_was_lost() {
     assert_eq!(delivered(&outs), b"hi");
 }
 
+/// Fires timers until one publishes data (keepalive pings in between are
+/// skipped); returns the data messages and when that was.
+fn next_data(entry: &mut Stream) -> (Vec<Message>, Instant) {
+    for _ in 0..10 {
+        let t = entry.poll_timeout().unwrap();
+        entry.handle_timeout(t);
+        let data: Vec<Message> = published(&drain(entry))
+            .into_iter()
+            .filter(|m| m.kind == MessageType::Data)
+            .collect();
+        if !data.is_empty() {
+            return (data, t);
+        }
+    }
+    panic!("no retransmission");
+}
+
 #[test]
 fn retransmits_after_timeout_and_shrinks_segments_that_keep_vanishing() {
     let t0 = Instant::now();
@@ -185,25 +202,16 @@ fn retransmits_after_timeout_and_shrinks_segments_that_keep_vanishing() {
     entry.write(b"abcdefgh", t0).unwrap();
     let lost = published(&drain(&mut entry));
     assert_eq!(lost.len(), 1);
-    let t1 = entry.poll_timeout().unwrap();
-    entry.handle_timeout(t1);
-    let retry = published(&drain(&mut entry));
+    let (retry, t1) = next_data(&mut entry);
     assert_eq!(retry[0].data, b"abcdefgh");
-    let t2 = entry.poll_timeout().unwrap();
+    let (again, t2) = next_data(&mut entry);
     assert!(t2 - t1 > t1 - t0, "backoff doubles the timeout");
-    entry.handle_timeout(t2);
-    assert_eq!(
-        published(&drain(&mut entry)).len(),
-        1,
-        "same size after two timeouts"
-    );
-    let t2 = entry.poll_timeout().unwrap();
-    entry.handle_timeout(t2);
-    let smaller = published(&drain(&mut entry));
+    assert_eq!(again.len(), 1, "same size after two timeouts");
+    let (smaller, t3) = next_data(&mut entry);
     assert_eq!(smaller.len(), 2, "split in half after the third timeout");
     assert_eq!((smaller[0].seq, smaller[1].seq), (Some(0), Some(4)));
     for m in smaller {
-        exit.handle_message(m, t2).unwrap();
+        exit.handle_message(m, t3).unwrap();
     }
     assert_eq!(delivered(&drain(&mut exit)), b"abcdefgh");
 }
@@ -314,7 +322,10 @@ fn gives_up_on_a_peer_that_never_acknowledges() {
     }
     assert!(aborted);
     assert!(entry.is_closed());
-    assert!(now - t0 >= StreamConfig::default().give_up_after);
+    // The keepalive's unanswered pings end it well before `give_up_after`:
+    // a peer that answers nothing at all is gone within seconds.
+    assert!(now - t0 < Duration::from_secs(30), "{:?}", now - t0);
+    assert!(now - t0 >= Duration::from_secs(10), "{:?}", now - t0);
 }
 
 #[test]
@@ -542,4 +553,43 @@ fn nothing_follows_an_abort_for_a_bogus_ack() {
     assert!(outs.contains(&Output::Aborted(ErrorReason::ProtocolError)));
     assert_eq!(delivered(&outs), b"", "no data delivered after the abort");
     assert!(exit.is_closed());
+}
+
+#[test]
+fn a_quiet_peer_is_pinged_and_a_live_one_answers_at_once() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit) = open_pair(StreamConfig::default(), t0);
+    let t = entry.poll_timeout().unwrap();
+    assert!(t >= t0 + Duration::from_secs(4), "{:?}", t - t0);
+    entry.handle_timeout(t);
+    let pings = published(&drain(&mut entry));
+    assert_eq!(pings.len(), 1);
+    assert_eq!(pings[0].kind, MessageType::Ping);
+    exit.handle_message(pings[0].clone(), t).unwrap();
+    let answers = published(&drain(&mut exit));
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].kind, MessageType::Ack);
+    entry.handle_message(answers[0].clone(), t).unwrap();
+    assert!(drain(&mut entry).is_empty());
+    // Answered but idle: the next ping waits twice as long.
+    let next = entry.poll_timeout().unwrap();
+    assert!(next >= t + Duration::from_secs(8), "{:?}", next - t);
+    assert!(entry.is_open() && !entry.is_closed());
+}
+
+#[test]
+fn unknown_stream_from_a_restarted_peer_aborts_the_stream() {
+    let t0 = Instant::now();
+    let (mut entry, _) = open_pair(StreamConfig::default(), t0);
+    entry
+        .handle_message(Message::error("k", &ErrorReason::UnknownStream), t0)
+        .unwrap();
+    let outs = drain(&mut entry);
+    assert!(
+        outs.contains(&Output::Aborted(ErrorReason::UnknownStream)),
+        "{outs:?}"
+    );
+    assert!(entry.is_closed());
+    // Nothing is sent back: an ERROR never answers an ERROR.
+    assert!(published(&outs).is_empty());
 }
