@@ -42,12 +42,16 @@ async fn subscribe(
     client: &Client,
     author: PublicKey,
 ) -> broadcast::Receiver<RelayPoolNotification> {
+    subscribe_to(client, Filter::new().kind(Kind::TextNote).author(author)).await
+}
+
+/// Subscribes to `filter` and waits for EOSE.
+async fn subscribe_to(
+    client: &Client,
+    filter: Filter,
+) -> broadcast::Receiver<RelayPoolNotification> {
     let mut notifications = client.notifications();
-    let sub = client
-        .subscribe(Filter::new().kind(Kind::TextNote).author(author), None)
-        .await
-        .unwrap()
-        .val;
+    let sub = client.subscribe(filter, None).await.unwrap().val;
     let deadline = Instant::now() + PROMPT;
     loop {
         let notification = tokio::time::timeout_at(deadline, notifications.recv())
@@ -584,18 +588,10 @@ async fn ephemeral_events_get_no_ok() {
     let faulty = FaultyRelay::start(relay.url().as_str(), config).await;
     let keys = Keys::generate();
     let subscriber = connected_client(&Keys::generate(), &faulty.url()).await;
-    let mut notifications = subscriber.notifications();
-    subscriber
-        .subscribe(
-            Filter::new()
-                .kind(Kind::Custom(20_001))
-                .author(keys.public_key()),
-            None,
-        )
-        .await
-        .unwrap();
-    // Let the subscription reach the relay.
-    tokio::time::sleep(QUIET).await;
+    let filter = Filter::new()
+        .kind(Kind::Custom(20_001))
+        .author(keys.public_key());
+    let mut notifications = subscribe_to(&subscriber, filter).await;
 
     let mut ws = raw(&faulty.url()).await;
     let eph = ephemeral(&keys, "fleeting");
@@ -690,7 +686,10 @@ async fn stored_ephemeral_events_reach_later_subscriptions() {
     )
     .await;
     let mut wide_events = HashSet::new();
-    while let Some(frame) = try_text(&mut ws, QUIET).await {
+    for _ in 0..100 {
+        let Some(frame) = try_text(&mut ws, QUIET).await else {
+            break;
+        };
         assert!(!frame.starts_with(r#"["EVENT","past""#), "{frame}");
         if let Some(rest) = frame.strip_prefix(r#"["EVENT","wide","#) {
             let event = Event::from_json(rest.strip_suffix(']').unwrap()).unwrap();
@@ -707,7 +706,10 @@ async fn stored_ephemeral_events_reach_later_subscriptions() {
         ClientMessage::req(SubscriptionId::new("late"), vec![wide]).as_json(),
     )
     .await;
-    while let Some(frame) = try_text(&mut ws, QUIET).await {
+    for _ in 0..100 {
+        let Some(frame) = try_text(&mut ws, QUIET).await else {
+            break;
+        };
         assert!(!frame.starts_with(r#"["EVENT""#), "{frame}");
     }
     let stats = faulty.stats();
