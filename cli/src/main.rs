@@ -12,7 +12,7 @@ mod demo;
 mod keys;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -101,6 +101,21 @@ struct RelayArgs {
     /// Relay URL (repeatable; or NOSTR_RELAYS, separated by `;`).
     #[arg(long = "relay", env = "NOSTR_RELAYS", value_delimiter = ';')]
     relays: Vec<RelayUrl>,
+    /// Also trust the CA certificates in this PEM file for wss:// relays,
+    /// besides the Mozilla roots (repeatable; the NWS_RELAY_CA environment
+    /// variable, paths separated by `:`, works too).
+    #[arg(long = "relay-ca")]
+    relay_ca: Vec<PathBuf>,
+}
+
+impl RelayArgs {
+    /// Trusts the extra CAs given; call before connecting.
+    fn trust_extra_cas(&self) -> Result<()> {
+        for path in &self.relay_ca {
+            nws_core::relay_tls::add_extra_ca_file(path).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -158,6 +173,33 @@ struct ExitArgs {
     /// Drop events whose created_at is more than this many seconds from now (replay protection).
     #[arg(long, default_value_t = 60)]
     replay_window: u64,
+    /// Directory of the journal of served streams, which keeps a request
+    /// from being served twice across restarts (relays that store ephemeral
+    /// events hand old CONNECTs out again). Default: the key file's
+    /// directory, else $XDG_STATE_HOME/nws or ~/.local/state/nws; `off`
+    /// keeps it in memory only.
+    #[arg(long, env = "NWS_STATE_DIR")]
+    state_dir: Option<String>,
+}
+
+/// Where the exit keeps its journal (see `--state-dir`).
+fn state_dir(arg: Option<&str>, key_file: Option<&Path>) -> Option<PathBuf> {
+    match arg {
+        Some("off") => return None,
+        Some(dir) => return Some(PathBuf::from(dir)),
+        None => {}
+    }
+    if let Some(dir) = key_file.and_then(Path::parent) {
+        return Some(if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        });
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("nws"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/nws"))
 }
 
 #[derive(Args)]
@@ -292,6 +334,7 @@ async fn run(command: Command) -> Result<()> {
             relays,
             timeout,
         } => {
+            relays.trust_extra_cas()?;
             let pem = nws_core::tls::fetch_certificate(
                 &name,
                 &relays.relays,
@@ -310,6 +353,7 @@ async fn run(command: Command) -> Result<()> {
 }
 
 async fn run_exit(args: ExitArgs) -> Result<()> {
+    args.relays.trust_extra_cas()?;
     let keys = match (&args.private_key, &args.key_file) {
         (Some(sk), _) => keys::parse_secret(sk)?,
         (None, Some(f)) => keys::load_or_create_key_file(f)?,
@@ -341,6 +385,7 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     config.max_streams_per_entry = args.max_streams_per_entry;
     config.max_new_streams_per_minute = args.max_new_streams_per_minute;
     config.replay_window = Duration::from_secs(args.replay_window);
+    config.state_dir = state_dir(args.state_dir.as_deref(), args.key_file.as_deref());
     if !args.allow_entries.is_empty() {
         let keys = args
             .allow_entries
@@ -394,6 +439,7 @@ fn credentials(s: &str) -> Result<Credentials> {
 }
 
 async fn run_entry(args: EntryArgs) -> Result<()> {
+    args.relays.trust_extra_cas()?;
     let mut config = EntryConfig::new(args.relays.relays);
     config.socks_listen = listen_addr(&args.socks)?;
     config.http_listen = listen_addr(&args.http)?;

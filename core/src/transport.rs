@@ -615,12 +615,14 @@ async fn run_router(
     }
 }
 
-/// The filter an exit subscribes with: kind 28333 events addressed to it.
-pub fn exit_filter(exit: &PublicKey) -> Filter {
+/// The filter an exit subscribes with: kind 28333 events addressed to it,
+/// created since `since` (Unix seconds: its start, less clock skew, so
+/// that relays that store ephemeral events hand it nothing older).
+pub fn exit_filter(exit: &PublicKey, since: u64) -> Filter {
     Filter::new()
         .kind(crate::protocol::stream_kind())
         .pubkey(*exit)
-        .since(since_now())
+        .since(nostr::Timestamp::from_secs(since))
 }
 
 /// The filter an entry subscribes with for its streams to one exit: kind

@@ -1,6 +1,7 @@
 //! What an exit is told to do: its relays and keys, where streams may go,
 //! and its limits.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nostr::{Keys, PublicKey, RelayUrl};
@@ -63,6 +64,10 @@ pub struct ExitConfig {
     pub max_streams_per_entry: usize,
     /// Most new streams one entry key may open per minute.
     pub max_new_streams_per_minute: u32,
+    /// Directory of the journal of served streams
+    /// ([`journal`](super::journal)), so that no request is served twice
+    /// across restarts; `None` keeps it in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ExitConfig {
@@ -87,6 +92,7 @@ impl ExitConfig {
             allowed_entries: None,
             max_streams_per_entry: 64,
             max_new_streams_per_minute: 600,
+            state_dir: None,
         }
     }
 }

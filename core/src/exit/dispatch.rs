@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
+use super::journal::{Journal, Verdict};
 use super::target::serve_stream;
 use super::ExitConfig;
 use crate::demux::{Demux, Routed};
@@ -43,6 +44,8 @@ pub(super) struct Server {
     pub(super) cancel: CancellationToken,
     /// When each author was last told `unknown-stream`.
     unknown_answered: Mutex<HashMap<PublicKey, Instant>>,
+    /// Streams served, across restarts: no `CONNECT` is served twice.
+    journal: Journal,
 }
 
 impl Server {
@@ -54,6 +57,7 @@ impl Server {
         transport: Transport,
         stats: Arc<Stats>,
         cancel: CancellationToken,
+        journal: Journal,
     ) -> Self {
         Self {
             tls,
@@ -64,6 +68,7 @@ impl Server {
             stats,
             cancel,
             unknown_answered: Mutex::default(),
+            journal,
         }
     }
 
@@ -82,6 +87,7 @@ impl Server {
     /// Never waits on the network: refusals and answers go out from the
     /// stream's own task, so one slow publish cannot stall every stream.
     fn dispatch(&self, ev: Event) {
+        let created_at = ev.created_at.as_secs();
         match self.demux.route(&ev) {
             Routed::Delivered | Routed::Dropped => {}
             Routed::Unclaimed {
@@ -89,8 +95,31 @@ impl Server {
                 cipher,
                 msg,
             } => match msg.kind {
-                MessageType::Connect => self.accept(author, cipher, msg),
-                MessageType::ConnectReverse => self.accept_reverse(author, cipher, msg),
+                MessageType::Connect | MessageType::ConnectReverse => {
+                    match self.journal.admit(&author, &msg.key, created_at) {
+                        Verdict::Fresh if msg.kind == MessageType::Connect => {
+                            self.accept(author, cipher, msg)
+                        }
+                        Verdict::Fresh => self.accept_reverse(author, cipher, msg),
+                        Verdict::BeforeStart => log::warn!(
+                            "stream {}: {} created {} s before this exit started: a replay, dropped",
+                            msg.key,
+                            msg.kind,
+                            self.journal.started_at().saturating_sub(created_at)
+                        ),
+                        Verdict::Served => {
+                            log::info!(
+                                "stream {}: {} of a stream already served: not served again",
+                                msg.key,
+                                msg.kind
+                            );
+                            // A version-2 entry still waiting learns the stream is gone.
+                            if msg.version.is_some() {
+                                self.unknown_stream(author, cipher, msg);
+                            }
+                        }
+                    }
+                }
                 _ => self.unknown_stream(author, cipher, msg),
             },
         }
@@ -104,12 +133,17 @@ impl Server {
     fn unknown_stream(&self, author: PublicKey, cipher: Cipher, msg: Message) {
         let v2 = msg.seq.is_some()
             || msg.ack.is_some()
+            || msg.version.is_some()
             || matches!(
                 msg.kind,
                 MessageType::Ping | MessageType::Ack | MessageType::Close
             );
         if msg.kind == MessageType::Error || !v2 {
-            log::debug!("stream {}: {} for an unknown stream: dropped", msg.key, msg.kind);
+            log::debug!(
+                "stream {}: {} for an unknown stream: dropped",
+                msg.key,
+                msg.kind
+            );
             return;
         }
         let now = Instant::now();

@@ -38,6 +38,7 @@ mod config;
 mod dispatch;
 mod error;
 mod front;
+pub mod journal;
 mod node;
 mod reverse;
 mod target;

@@ -51,9 +51,14 @@ impl ExitNode {
             .ensure_connected(&config.relays, config.relay_timeout)
             .await?;
         let public_key = config.keys.public_key();
+        let journal = super::journal::Journal::open(
+            config.state_dir.as_deref(),
+            &public_key,
+            config.replay_window,
+        );
         let inbox = transport.route(public_key);
         transport
-            .subscribe(exit_filter(&public_key), &config.relays)
+            .subscribe(exit_filter(&public_key, journal.since()), &config.relays)
             .await?;
         let certificate = match &config.https {
             Some(_) => {
@@ -79,6 +84,7 @@ impl ExitNode {
             transport.clone(),
             stats.clone(),
             cancel.clone(),
+            journal,
         );
         let task = tokio::spawn(server.run(inbox));
         log::info!(
