@@ -88,15 +88,10 @@ mod tests {
         let mut at = k.heard(t0, true);
         assert_eq!(at, t0 + IDLE_FIRST);
         let mut pings = 0;
-        loop {
-            match k.fire(at, Duration::from_secs(1)) {
-                Due::Ping(next) => {
-                    pings += 1;
-                    assert!(next > at);
-                    at = next;
-                }
-                Due::GiveUp => break,
-            }
+        while let Due::Ping(next) = k.fire(at, Duration::from_secs(1)) {
+            pings += 1;
+            assert!(next > at);
+            at = next;
             assert!(pings <= MAX_PINGS);
         }
         assert_eq!(pings, MAX_PINGS);
