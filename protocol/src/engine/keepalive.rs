@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 pub(super) const IDLE_FIRST: Duration = Duration::from_secs(4);
 /// Longest quiet interval between pings of a peer that answers them.
 pub(super) const IDLE_MAX: Duration = Duration::from_secs(60);
-/// Unanswered pings in a row after which the peer counts as gone.
-pub(super) const MAX_PINGS: u32 = 4;
+/// Unanswered pings in a row after which the peer counts as gone (the
+/// default of `StreamConfig::keepalive_pings`).
+pub(super) const MAX_PINGS: u32 = 5;
 /// Shortest wait for a ping's answer.
-const MIN_PING_WAIT: Duration = Duration::from_millis(500);
+const MIN_PING_WAIT: Duration = Duration::from_secs(1);
+/// Longest wait for a ping's answer.
+const MAX_PING_WAIT: Duration = Duration::from_secs(4);
 
 /// The keepalive state of one stream.
 #[derive(Debug, Clone)]
@@ -62,11 +65,11 @@ impl Keepalive {
 
     /// The timer fired at `now`; `rto` is the stream's retransmission
     /// timeout (a ping is answered within about one round trip).
-    pub(super) fn fire(&mut self, now: Instant, rto: Duration) -> Due {
-        if self.unanswered >= MAX_PINGS {
+    pub(super) fn fire(&mut self, now: Instant, rto: Duration, max_pings: u32) -> Due {
+        if self.unanswered >= max_pings {
             return Due::GiveUp;
         }
-        let wait = (rto * (1 << self.unanswered.min(6))).max(MIN_PING_WAIT);
+        let wait = (rto * (1 << self.unanswered.min(6))).clamp(MIN_PING_WAIT, MAX_PING_WAIT);
         self.unanswered += 1;
         Due::Ping(now + wait)
     }
@@ -88,14 +91,14 @@ mod tests {
         let mut at = k.heard(t0, true);
         assert_eq!(at, t0 + IDLE_FIRST);
         let mut pings = 0;
-        while let Due::Ping(next) = k.fire(at, Duration::from_secs(1)) {
+        while let Due::Ping(next) = k.fire(at, Duration::from_secs(1), MAX_PINGS) {
             pings += 1;
             assert!(next > at);
             at = next;
             assert!(pings <= MAX_PINGS);
         }
         assert_eq!(pings, MAX_PINGS);
-        // 4 s quiet, then 1 + 2 + 4 + 8 s of unanswered pings.
+        // 4 s quiet, then 1 + 2 + 4 + 4 + 4 s of unanswered pings.
         assert_eq!(at, t0 + Duration::from_secs(19));
     }
 
@@ -109,7 +112,7 @@ mod tests {
             let at = k.heard(now, false);
             gaps.push(at - now);
             assert!(matches!(
-                k.fire(at, Duration::from_millis(100)),
+                k.fire(at, Duration::from_millis(100), MAX_PINGS),
                 Due::Ping(_)
             ));
             now = at + Duration::from_millis(50);

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::message::{ErrorReason, Message, MessageType, PROTOCOL_VERSION};
 
+mod congestion;
 mod keepalive;
 mod legacy;
 mod recv;
@@ -88,6 +89,9 @@ pub struct StreamConfig {
     /// Abort with `timeout` after this long without progress while data is
     /// outstanding (a peer that never acknowledges).
     pub give_up_after: Duration,
+    /// Keepalive pings in a row the peer may leave unanswered before the
+    /// stream aborts with `timeout` (see the keepalive room).
+    pub keepalive_pings: u32,
 }
 
 impl Default for StreamConfig {
@@ -103,6 +107,7 @@ impl Default for StreamConfig {
             min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(8),
             give_up_after: Duration::from_secs(60),
+            keepalive_pings: keepalive::MAX_PINGS,
         }
     }
 }
@@ -379,6 +384,12 @@ impl Stream {
         (self.send.segments_sent, self.send.segments_resent)
     }
 
+    /// The congestion window, in events, and how often it was cut (losses
+    /// and timeouts) so far.
+    pub fn congestion(&self) -> (usize, u64) {
+        (self.send.cc.window(), self.send.cc.reductions)
+    }
+
     /// When the engine next needs [`Stream::handle_timeout`], if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
@@ -391,6 +402,7 @@ impl Stream {
                 Timer::Connect,
                 Timer::Coalesce,
                 Timer::Keepalive,
+                Timer::Pace,
             ]),
         }
     }
@@ -562,6 +574,9 @@ impl Stream {
         }
         if self.timers.is_expired(Timer::Ack, now) {
             self.recv.ack_now = true;
+        }
+        if self.timers.is_expired(Timer::Pace, now) {
+            self.timers.stop(Timer::Pace);
         }
         self.transmit_inner(now, true);
         self.sync_coalesce();

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::congestion::Congestion;
 use super::rtt::Rtt;
 use super::timer::{Timer, TimerTable};
 use super::StreamConfig;
@@ -132,6 +133,10 @@ pub(super) struct Send {
     pub(super) segments_sent: u64,
     /// Data and `CLOSE` messages queued again (retransmissions, splits).
     pub(super) segments_resent: u64,
+    /// The congestion window and pacing.
+    pub(super) cc: Congestion,
+    /// New data waits for the pacing timer.
+    paced: bool,
 }
 
 /// Bookkeeping: buffers, capacity, the open and the legacy fallback.
@@ -157,6 +162,8 @@ impl Send {
             path_down: false,
             segments_sent: 0,
             segments_resent: 0,
+            cc: Congestion::new(now),
+            paced: false,
         }
     }
 
@@ -230,9 +237,15 @@ impl Send {
         self.next_offset < self.peer_edge
     }
 
-    /// When unsent bytes stop waiting to be combined with more, if they wait.
+    /// When unsent bytes stop waiting to be combined with more, if they
+    /// wait (not while the congestion window or pacing holds them: an
+    /// acknowledgement or the pacing timer releases them then).
     pub(super) fn coalesce_deadline(&self, cfg: &StreamConfig) -> Option<Instant> {
-        if self.unsent.is_empty() || !self.can_send_more() {
+        if self.unsent.is_empty()
+            || !self.can_send_more()
+            || self.paced
+            || self.in_flight.len() >= self.cc.window()
+        {
             return None;
         }
         self.unsent_since.map(|t| t + cfg.coalesce_delay)
@@ -275,6 +288,10 @@ impl Send {
                 }
                 break;
             }
+            if self.in_flight.len() >= self.cc.window() {
+                // The congestion window is full: acknowledgements open it.
+                break;
+            }
             let size = self.unsent.len().min(self.max_segment).min(room);
             // Nagle's rule, bounded by the coalescing delay: a small message
             // waits while earlier data is unacknowledged.
@@ -289,6 +306,12 @@ impl Send {
             {
                 break;
             }
+            if let Err(at) = self.cc.pace(now, self.rtt.srtt) {
+                timers.set(Timer::Pace, at);
+                self.paced = true;
+                break;
+            }
+            self.paced = false;
             let data: Vec<u8> = self.unsent.drain(..size).collect();
             self.unsent_since = if self.unsent.is_empty() {
                 None
@@ -450,15 +473,19 @@ impl Send {
         self.progress_at = now;
         self.good_acks += 1;
         let mut newest = None;
+        let mut acked = 0;
         while self.in_flight.front().is_some_and(|seg| seg.end() <= ack) {
             newest = self.in_flight.pop_front();
+            acked += 1;
         }
+        self.cc.on_acked(acked);
         // Sample the round trip from the newest segment this ack covers,
         // unless it was resent (Karn) or already reported held (then this
         // ack only closes a hole before it and its delay says nothing).
         if let Some(seg) = newest.filter(|seg| !seg.retransmitted && !seg.sacked) {
-            self.rtt
-                .sample(now.saturating_duration_since(seg.sent_at), cfg);
+            let sample = now.saturating_duration_since(seg.sent_at);
+            self.rtt.sample(sample, cfg);
+            self.cc.on_rtt(sample);
         }
         if let Some(seg) = self.in_flight.front_mut() {
             if seg.offset < ack {
@@ -494,6 +521,10 @@ impl Send {
             {
                 lost.push(i);
             }
+        }
+        if let Some(&first) = lost.last() {
+            let sent_at = self.in_flight[first].sent_at;
+            self.cc.on_loss(sent_at, now);
         }
         // Highest first: a resend may split a segment, which moves the
         // indexes after it.
@@ -532,6 +563,9 @@ impl Send {
         let window_closed = self.peer_edge <= self.acked;
         if !self.path_down && !window_closed {
             self.lost_timeouts += 1;
+            // A timeout with the peer's window open is congestion; a
+            // zero-window probe's, or one while no relay takes events, is not.
+            self.cc.on_timeout(now);
         }
         if self.lost_timeouts >= SHRINK_AFTER_TIMEOUTS {
             let smaller = (self.max_segment / 2).max(cfg.min_segment);

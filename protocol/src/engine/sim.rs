@@ -114,6 +114,64 @@ pub fn fire_next_timer(entry: &mut Stream, exit: &mut Stream, until: Instant) ->
 pub trait Network {
     /// The fate of `msg`, published toward side `to` (0: entry, 1: exit).
     fn fate(&mut self, to: usize, msg: &Message) -> Vec<Duration>;
+
+    /// The fate of `msg` published at `now` (networks that depend on time
+    /// override this; by default it is [`Network::fate`]).
+    fn fate_at(&mut self, _now: Instant, to: usize, msg: &Message) -> Vec<Duration> {
+        self.fate(to, msg)
+    }
+}
+
+/// A relay that takes at most `rate` events per second in each direction
+/// (a token bucket with a burst of `burst`) and refuses the rest, as relays
+/// with a rate limit do; what it takes arrives after `delay`.
+#[derive(Debug)]
+pub struct RateLimited {
+    rate: f64,
+    burst: f64,
+    delay: Duration,
+    tokens: [f64; 2],
+    at: [Option<Instant>; 2],
+    /// Events refused, per direction.
+    pub refused: [u64; 2],
+    /// Events taken, per direction.
+    pub taken: [u64; 2],
+}
+
+impl RateLimited {
+    /// A relay taking `rate` events per second with bursts of `burst`.
+    pub fn new(rate: f64, burst: f64, delay: Duration) -> Self {
+        Self {
+            rate,
+            burst,
+            delay,
+            tokens: [burst; 2],
+            at: [None; 2],
+            refused: [0; 2],
+            taken: [0; 2],
+        }
+    }
+}
+
+impl Network for RateLimited {
+    fn fate(&mut self, _to: usize, _msg: &Message) -> Vec<Duration> {
+        vec![self.delay]
+    }
+
+    fn fate_at(&mut self, now: Instant, to: usize, _msg: &Message) -> Vec<Duration> {
+        if let Some(t) = self.at[to] {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            self.tokens[to] = (self.tokens[to] + dt * self.rate).min(self.burst);
+        }
+        self.at[to] = Some(now);
+        if self.tokens[to] < 1.0 {
+            self.refused[to] += 1;
+            return Vec::new();
+        }
+        self.tokens[to] -= 1.0;
+        self.taken[to] += 1;
+        vec![self.delay]
+    }
 }
 
 impl<F: FnMut(usize, &Message) -> Vec<Duration>> Network for F {
@@ -196,7 +254,7 @@ impl Ord for MessageBox {
 
 impl Queue {
     fn send(&mut self, net: &mut impl Network, now: Instant, to: usize, m: Message) {
-        for d in net.fate(to, &m) {
+        for d in net.fate_at(now, to, &m) {
             self.n += 1;
             self.heap
                 .push(Reverse((now + d, self.n, to, MessageBox(m.clone()))));
@@ -455,6 +513,8 @@ pub fn sim_config() -> StreamConfig {
         window: 16_000,
         send_buffer: 8_000,
         give_up_after: Duration::from_secs(600),
+        // Through 30 % loss, a few pings in a row can go unanswered.
+        keepalive_pings: 20,
         ..Default::default()
     }
 }

@@ -19,16 +19,19 @@ pub(super) enum Timer {
     Linger,
     /// The peer has been quiet: ping it, or give up on it.
     Keepalive,
+    /// Paced data may go again.
+    Pace,
 }
 
 impl Timer {
-    const ALL: [Timer; 6] = [
+    const ALL: [Timer; 7] = [
         Timer::Connect,
         Timer::Retransmit,
         Timer::Ack,
         Timer::Coalesce,
         Timer::Linger,
         Timer::Keepalive,
+        Timer::Pace,
     ];
 }
 

@@ -82,14 +82,17 @@ impl Stream {
     }
 
     /// The peer has been quiet for the keepalive interval: ping it, or give
-    /// it up after [`keepalive::MAX_PINGS`](super::keepalive::MAX_PINGS)
+    /// it up after [`StreamConfig::keepalive_pings`](super::StreamConfig)
     /// unanswered pings.
     pub(super) fn on_keepalive(&mut self, now: Instant) {
         if self.state != State::Open {
             self.timers.stop(Timer::Keepalive);
             return;
         }
-        match self.keepalive.fire(now, self.send.rtt.rto) {
+        match self
+            .keepalive
+            .fire(now, self.send.rtt.rto, self.config.keepalive_pings)
+        {
             keepalive::Due::Ping(next) => {
                 log::debug!(
                     "stream {}: peer quiet, PING ({} unanswered)",
@@ -106,7 +109,7 @@ impl Stream {
                 log::info!(
                     "stream {}: peer answered none of {} keepalive pings, aborting",
                     self.key,
-                    keepalive::MAX_PINGS
+                    self.config.keepalive_pings
                 );
                 self.abort(ErrorReason::Timeout);
                 self.out.push_back(Output::Aborted(ErrorReason::Timeout));

@@ -55,7 +55,15 @@ fn a_slow_reader_closes_the_window_and_loses_nothing() {
             [up.clone(), down.clone()],
             Some(Reader::slow(500, Duration::from_millis(50))),
         );
-        assert!(t.got[1] == up, "seed {seed} loss {loss}: up differs");
+        assert!(
+            t.got[1] == up,
+            "seed {seed} loss {loss}: up differs ({} of {}; {:?}, closed {:?}, {} messages)",
+            t.got[1].len(),
+            up.len(),
+            t.ended,
+            t.closed,
+            t.messages
+        );
         assert!(t.got[0] == down, "seed {seed} loss {loss}: down differs");
         assert_eq!(t.closed, [true, true], "seed {seed} loss {loss}");
         assert!(
@@ -260,4 +268,57 @@ fn probe_timeouts_are_no_loss_and_a_reopened_window_resends_the_probe() {
     }
     assert!(got == data);
     assert_eq!(entry.max_segment(), 100);
+}
+
+#[test]
+fn a_rate_limited_relay_is_met_with_a_smaller_window_and_few_refusals() {
+    // 100 events/s with bursts of 10, 20 ms each way: 300 events of data
+    // cannot go faster than 3 s. The window shrinks to what the relay
+    // takes, so most events are taken the first time.
+    let mut net = RateLimited::new(100.0, 10.0, Duration::from_millis(20));
+    let up = random_bytes(5, 300_000);
+    let t = run(
+        &mut net,
+        sim_config(),
+        [up.clone(), Vec::new()],
+        None,
+        2_000_000,
+    );
+    assert!(t.ended.is_none(), "{:?}", t.ended);
+    assert!(
+        t.got[1] == up,
+        "up differs ({} of {})",
+        t.got[1].len(),
+        up.len()
+    );
+    let (refused, taken) = (net.refused[1], net.taken[1]);
+    let share = refused as f64 / (refused + taken) as f64;
+    let (window, cuts) = t.streams[0].congestion();
+    eprintln!(
+        "rate-limited: {taken} taken, {refused} refused ({:.1} %), window {window}, {cuts} cuts, done in {:.2} s",
+        share * 100.0,
+        t.read_all_at[1].as_secs_f64()
+    );
+    assert!(cuts > 0, "the window never shrank");
+    assert!(share < 0.25, "{:.1} % refused", share * 100.0);
+    assert!(t.read_all_at[1] >= Duration::from_secs(3));
+}
+
+#[test]
+fn loss_halves_the_window_and_the_transfer_completes() {
+    let up = random_bytes(6, 200_000);
+    let t = transfer(
+        6,
+        Net {
+            loss: 0.05,
+            dup: 0.0,
+            max_delay_ms: 30,
+        },
+        sim_config(),
+        [up.clone(), Vec::new()],
+    );
+    assert!(t.got[1] == up);
+    let (window, cuts) = t.streams[0].congestion();
+    assert!(cuts > 0, "no cut through 5 % loss");
+    assert!(window >= 2, "window {window}");
 }
