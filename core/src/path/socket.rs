@@ -53,6 +53,10 @@ const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest the prober waits for the relay's NIP-11 figure before probing.
 const NIP11_WAIT: Duration = Duration::from_secs(2);
+/// An unanswered first control event goes again after this long.
+const CONTROL_RETRY: Duration = Duration::from_secs(1);
+/// A probe whose control did not come back either goes again after this long.
+const PROBE_RETRY: Duration = Duration::from_secs(2);
 /// How often the prober looks at the answers while it waits.
 const POLL: Duration = Duration::from_millis(50);
 /// After its echo, how long an event's `OK` may take before the relay
@@ -732,17 +736,25 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
 
 /// The size prober of one connection (see [`super`]): a control event
 /// first, to learn that the relay answers and how fast; then one probe at
-/// a time, each followed by a control event.
+/// a time, each followed by a control event. Events get lost for reasons
+/// of their own, so a control goes again when unanswered, and a probe size
+/// counts as failed only after [`PROBE_TRIES`] probes of it vanished while
+/// their controls came back (RFC 8899's MAX_PROBES), or at once when the
+/// relay refuses it.
 enum Prober {
     /// Waiting for the relay's NIP-11 figure (at most [`NIP11_WAIT`]).
     Start { since: Instant },
-    /// The first control event is out.
-    First { control: String, sent: Instant },
-    /// A probe of `size` bytes and its control event are out.
+    /// Control events are out (ids and when each went; the first at `since`).
+    First {
+        controls: Vec<(String, Instant)>,
+        since: Instant,
+    },
+    /// Probes of `size` bytes and their control events are out.
     Probe {
-        probe: String,
-        control: String,
+        probes: Vec<String>,
+        controls: Vec<String>,
         size: usize,
+        /// When the latest probe went.
         sent: Instant,
         /// Round trip of the first control event.
         rtt: Duration,
@@ -753,6 +765,11 @@ enum Prober {
     /// Nothing more to learn on this connection.
     Done,
 }
+
+/// Probes of one size that may vanish before the size counts as failed.
+const PROBE_TRIES: usize = 3;
+/// Size of a control event (a whole frame), bytes.
+const CONTROL_SIZE: usize = 200;
 
 impl Prober {
     fn new() -> Self {
@@ -778,19 +795,20 @@ impl Prober {
                     return out;
                 }
                 out.push(tap.probe_req());
-                let Some((id, frame)) = tap.probe_event(200) else {
+                let Some((id, frame)) = tap.probe_event(CONTROL_SIZE) else {
                     *self = Prober::Done;
                     return out;
                 };
                 out.push(frame);
                 *self = Prober::First {
-                    control: id,
-                    sent: now,
+                    controls: vec![(id, now)],
+                    since: now,
                 };
             }
-            Prober::First { control, sent } => {
-                let answers = tap.answers(control);
-                let first = answers.first().map(|(_, at)| *at);
+            Prober::First { controls, since } => {
+                let answers: Vec<(Answer, Instant)> =
+                    controls.iter().flat_map(|(c, _)| tap.answers(c)).collect();
+                let sent = controls.last().map_or(*since, |(_, at)| *at);
                 if let Some((Answer::Refused(m), _)) = answers.first() {
                     if m.starts_with("auth-required:") {
                         // Sent again after authentication; wait for that.
@@ -803,13 +821,18 @@ impl Prober {
                     *self = Prober::Done;
                     return out;
                 }
-                let Some(first) = first else {
-                    if now >= *sent + FIRST_ANSWER_TIMEOUT {
+                let Some(first) = answers.iter().map(|(_, at)| *at).min() else {
+                    if now >= *since + FIRST_ANSWER_TIMEOUT {
                         log::info!(
                             "relay {}: answers none of our events: size search off",
                             tap.path.name
                         );
                         *self = Prober::Done;
+                    } else if now >= sent + CONTROL_RETRY {
+                        if let Some((id, frame)) = tap.probe_event(CONTROL_SIZE) {
+                            controls.push((id, now));
+                            out.push(frame);
+                        }
                     }
                     return out;
                 };
@@ -822,22 +845,42 @@ impl Prober {
                     }
                     tap.path.no_ok();
                 }
-                let rtt = first.saturating_duration_since(*sent);
+                // The round trip of the fastest control answered.
+                let rtt = controls
+                    .iter()
+                    .filter_map(|(c, at)| {
+                        let answer = tap.answers(c).first().map(|(_, t)| *t)?;
+                        Some(answer.saturating_duration_since(*at))
+                    })
+                    .min()
+                    .unwrap_or(Duration::from_millis(100));
                 self.next(tap, now, rtt, &mut out);
             }
             Prober::Probe {
-                probe,
-                control,
+                probes,
+                controls,
                 size,
                 sent,
                 rtt,
             } => {
                 let rtt = *rtt;
                 let size = *size;
-                let got = tap.answers(probe);
-                let control_back = tap.answers(control).first().map(|(_, at)| *at);
-                match got.first() {
-                    Some((Answer::Refused(m), _)) if is_not_about_size(m) => {
+                let got: Vec<(Answer, Instant)> =
+                    probes.iter().flat_map(|p| tap.answers(p)).collect();
+                let control_back = tap.answers(controls.last().map_or("", |c| c.as_str()))
+                    .first()
+                    .map(|(_, at)| *at);
+                let refused = got.iter().find_map(|(a, _)| match a {
+                    Answer::Refused(m) => Some(m.clone()),
+                    _ => None,
+                });
+                let taken = got
+                    .iter()
+                    .any(|(a, _)| matches!(a, Answer::Ok | Answer::Echo));
+                if taken {
+                    // Accepted (recorded by the tap already).
+                } else if let Some(m) = refused {
+                    if is_not_about_size(&m) {
                         // Rates or authentication: try again later.
                         *self = Prober::Pause {
                             until: now + Duration::from_secs(2),
@@ -845,22 +888,39 @@ impl Prober {
                         };
                         return out;
                     }
-                    Some((Answer::Refused(_), _)) => {}
-                    Some(_) => {}
-                    None => {
-                        let grace = (rtt * 2).max(Duration::from_millis(100));
-                        match control_back {
-                            Some(at) if now >= at + grace => {
-                                // The control came back, the probe did not: a black hole.
-                                tap.path.rejected(size, "no answer (black hole)");
-                            }
-                            _ => {
-                                if now >= *sent + PROBE_TIMEOUT {
-                                    *self = Prober::Done;
-                                }
-                                return out;
-                            }
+                    // Refused: the tap recorded the rejection.
+                } else {
+                    let grace = (rtt * 2).max(Duration::from_millis(100));
+                    let vanished = match control_back {
+                        // The control came back, the probe did not.
+                        Some(at) => now >= at + grace,
+                        // Neither: both lost, or the relay is sleeping.
+                        None => now >= *sent + PROBE_RETRY.max(rtt * 8),
+                    };
+                    if !vanished {
+                        if now >= *sent + PROBE_TIMEOUT {
+                            *self = Prober::Done;
                         }
+                        return out;
+                    }
+                    if probes.len() < PROBE_TRIES {
+                        if let (Some((p, pf)), Some((c, cf))) =
+                            (tap.probe_event(size), tap.probe_event(CONTROL_SIZE))
+                        {
+                            probes.push(p);
+                            controls.push(c);
+                            out.push(pf);
+                            out.push(cf);
+                            *sent = now;
+                        }
+                        return out;
+                    }
+                    if control_back.is_some() {
+                        // Small events pass, this size never does: a black hole.
+                        tap.path.rejected(size, "no answer (black hole)");
+                    } else {
+                        *self = Prober::Done;
+                        return out;
                     }
                 }
                 self.next(tap, now, rtt, &mut out);
@@ -894,8 +954,8 @@ impl Prober {
         out.push(p);
         out.push(c);
         *self = Prober::Probe {
-            probe,
-            control,
+            probes: vec![probe],
+            controls: vec![control],
             size,
             sent: now,
             rtt,
