@@ -53,11 +53,11 @@ pub struct LegacyPacing {
 }
 
 impl Default for LegacyPacing {
-    /// 20 ms between events, up to 1 s for an `OK`, 300 ms dial allowance,
+    /// 30 ms between events, up to 1 s for an `OK`, 300 ms dial allowance,
     /// 500 ms subscribe allowance, at most 2 s hold, 5 retries.
     fn default() -> Self {
         Self {
-            interval: Duration::from_millis(20),
+            interval: Duration::from_millis(30),
             ok_wait: Duration::from_secs(1),
             dial_allowance: Duration::from_millis(300),
             subscribe_allowance: Duration::from_millis(500),
@@ -216,5 +216,40 @@ impl Pacer {
             tokio::time::sleep(Duration::from_millis(200) * attempt).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_event_waits_for_the_hold_and_later_ones_for_the_interval() {
+        let config = LegacyPacing::default();
+        let mut p = Pacer::new(config.clone());
+        assert_eq!(p.not_before(), None);
+
+        // Entry: the dial allowance after the CONNECT's OK.
+        let before = Instant::now();
+        p.connect_accepted();
+        let t = p.not_before().unwrap();
+        assert!(t >= before + config.dial_allowance);
+
+        // Exit: held until the entry writes (at most `max_hold`), then the
+        // subscribe allowance from its first write.
+        let before = Instant::now();
+        p.backend_connected();
+        let held = p.not_before().unwrap();
+        assert!(held >= before + config.max_hold);
+        p.peer_wrote();
+        let t = p.not_before().unwrap();
+        assert!(t >= before + config.subscribe_allowance && t <= held);
+
+        // After an event, the next waits for the interval.
+        p.hold = None;
+        let sent = Instant::now();
+        p.last = Some(sent);
+        assert_eq!(p.not_before(), Some(sent + config.interval));
+        assert!(Pacer::new(LegacyPacing::none()).not_before().is_none());
     }
 }
