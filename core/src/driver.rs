@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Dialect, Output, Stream};
 use crate::link::Link;
+use crate::pacing::Pacer;
 use crate::protocol::{Cipher, ErrorReason, Message};
 use crate::stats::OpenSlot;
 
@@ -124,6 +125,12 @@ impl Conn {
     pub fn key(&self) -> &str {
         self.engine.key()
     }
+
+    /// The pacing of the stream's data events while it speaks the legacy
+    /// format (unused in version 2).
+    pub fn legacy_pacer(&mut self) -> &mut Pacer {
+        &mut self.delivery.pacer
+    }
 }
 
 /// Publishes whatever `engine` has queued (its `ERROR` after a refusal, say)
@@ -155,6 +162,9 @@ struct Delivery {
     shutdown: bool,
     /// The engine reported the stream open.
     opened: bool,
+    /// How data events go out while the stream speaks the legacy format
+    /// (it travels with the stream through every `drain`, like the bytes).
+    pacer: Pacer,
 }
 
 impl Delivery {
@@ -198,7 +208,7 @@ impl Delivery {
 async fn drain(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Option<End> {
     while let Some(out) = engine.poll_output() {
         match out {
-            Output::Publish(m) => match link.send(&m).await {
+            Output::Publish(m) => match publish(engine, link, &mut delivery.pacer, &m).await {
                 Ok(()) => engine.set_path_down(false),
                 Err(e) => {
                     engine.set_path_down(e.is_path_down());
@@ -237,6 +247,21 @@ async fn drain(engine: &mut Stream, link: &Link, delivery: &mut Delivery) -> Opt
         }
     }
     None
+}
+
+/// Publishes one message: paced for a legacy stream's data
+/// ([`Pacer::publish`]), at once otherwise.
+async fn publish(
+    engine: &Stream,
+    link: &Link,
+    pacer: &mut Pacer,
+    m: &Message,
+) -> Result<(), crate::link::SendError> {
+    if engine.dialect() == Dialect::Legacy && m.kind.is_data() {
+        pacer.publish(link, m).await
+    } else {
+        link.send(m).await
+    }
 }
 
 /// Aborts the stream with `reason` and publishes the engine's last
@@ -391,6 +416,9 @@ where
             },
             m = inbox.next() => match m {
                 Some(m) => {
+                    if m.kind.is_data() {
+                        delivery.pacer.peer_wrote();
+                    }
                     if let Err(e) = engine.handle_message(m, Instant::now()) {
                         log::warn!("stream {}: {e}", engine.key());
                     }

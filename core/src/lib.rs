@@ -25,6 +25,7 @@ pub mod entry;
 pub mod exit;
 pub mod link;
 pub mod nip11;
+pub mod pacing;
 pub mod path;
 #[cfg(feature = "exit")]
 pub mod policy;

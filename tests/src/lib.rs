@@ -10,9 +10,11 @@
 //! * [`http_client`] / [`http_client_via`]: a reqwest client (plain HTTP, SOCKS5 and
 //!   HTTP proxies supported).
 //! * [`process`]: the real `nws` binary as child processes (relay, exit, entry).
+//! * [`legacy`]: emulators of the reference implementation's legacy exit and entry.
 
 pub mod faulty;
 pub mod hostile;
+pub mod legacy;
 pub mod process;
 
 use std::convert::Infallible;

@@ -7,6 +7,7 @@ use nostr::{Keys, PublicKey, RelayUrl};
 
 use crate::engine::StreamConfig;
 use crate::names::ExitAddress;
+use crate::pacing::LegacyPacing;
 
 use super::Credentials;
 
@@ -32,6 +33,9 @@ pub struct EntryConfig {
     pub legacy_exits: Vec<PublicKey>,
     /// Speak the legacy format to every exit.
     pub legacy_all: bool,
+    /// How streams in the legacy format pace their data events
+    /// (`docs/PROTOCOL.md`, "What we do toward legacy peers").
+    pub legacy_pacing: LegacyPacing,
     /// Most client connections served at once. A client past the cap waits
     /// for a free slot for up to `handshake_timeout` (so a flood of silent
     /// clients delays others by at most that long); then it is refused with
@@ -73,6 +77,7 @@ impl EntryConfig {
             idle_timeout: Duration::from_secs(300),
             legacy_exits: Vec::new(),
             legacy_all: false,
+            legacy_pacing: LegacyPacing::default(),
             max_connections: 512,
             keys: None,
             stream: StreamConfig::default(),

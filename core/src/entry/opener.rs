@@ -20,6 +20,7 @@ use crate::driver::{wait_open, Conn, Inbox, StreamError};
 use crate::engine::{Dialect, Output, Stream};
 use crate::link::Link;
 use crate::names::{encode_nostr_domain, parse_host, ExitAddress};
+use crate::pacing::Pacer;
 use crate::protocol::{Cipher, ErrorReason, HostPort, Message};
 use crate::stats::Stats;
 use crate::sync::lock;
@@ -264,12 +265,16 @@ impl Entry {
             Instant::now(),
         );
         let mut conn = Conn::new(engine, link, inbox, route);
+        // Data in the legacy format (also after a fallback) is paced (`crate::pacing`).
+        *conn.legacy_pacer() = Pacer::new(self.config.legacy_pacing.clone());
         if dialect == Dialect::Legacy {
             // A legacy exit drops data that overtakes its CONNECT: wait for
-            // the relays' OK (bounded) before any data goes out.
+            // the relays' OK (bounded), then for its dial, before any data
+            // goes out.
             if let Some(Output::Publish(connect)) = conn.engine.poll_output() {
                 self.publish_legacy_connect(&conn.link, &connect).await?;
             }
+            conn.legacy_pacer().connect_accepted();
         }
         let deadline = tokio::time::Instant::now() + timeout;
         match wait_open(&mut conn, deadline).await {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use nostr::{Keys, PublicKey, RelayUrl};
 
 use crate::engine::StreamConfig;
+use crate::pacing::LegacyPacing;
 use crate::policy::EgressPolicy;
 
 /// The HTTPS front of an exit: TLS for its `.nostr` names, terminated in
@@ -54,6 +55,9 @@ pub struct ExitConfig {
     /// Answer every entry in the legacy format, as the reference exit does
     /// (for interoperability tests).
     pub legacy: bool,
+    /// How streams in the legacy format pace their data events
+    /// (`docs/PROTOCOL.md`, "What we do toward legacy peers").
+    pub legacy_pacing: LegacyPacing,
     /// Events whose `created_at` is further than this from now are dropped
     /// (replay protection; default 60 s).
     pub replay_window: Duration,
@@ -88,6 +92,7 @@ impl ExitConfig {
             relay_timeout: Duration::from_secs(10),
             stream: StreamConfig::default(),
             legacy: false,
+            legacy_pacing: LegacyPacing::default(),
             replay_window: crate::transport::DEFAULT_REPLAY_WINDOW,
             allowed_entries: None,
             max_streams_per_entry: 64,

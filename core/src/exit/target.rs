@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use super::{front, ExitConfig};
 use crate::driver::{flush, pump, Conn};
 use crate::names::is_nws_host;
+use crate::pacing::Pacer;
 use crate::policy::EgressPolicy;
 use crate::protocol::{ErrorReason, HostPort};
 use crate::stats::OpenSlot;
@@ -158,6 +159,12 @@ pub(super) async fn serve_stream(
         }
     };
     conn.engine.backend_connected(Instant::now());
+    if conn.engine.dialect() == crate::engine::Dialect::Legacy {
+        // A legacy entry reorders events that arrive close together and
+        // subscribes only when it first writes: pace (`crate::pacing`).
+        *conn.legacy_pacer() = Pacer::new(config.legacy_pacing.clone());
+        conn.legacy_pacer().backend_connected();
+    }
     log::debug!("stream {key}: open to `{destination}`");
     let end = pump(conn, local, Vec::new(), config.idle_timeout, slot).await;
     log::debug!("stream {key}: ended ({end:?})");
