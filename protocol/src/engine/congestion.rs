@@ -12,9 +12,10 @@
 //!   HyStart does).
 //! - **Congestion avoidance** grows it by one event per window acknowledged,
 //!   and not at all while round trips stay high.
-//! - A **loss** (a gap the receiver reported) halves it, once per round
-//!   trip (a recovery period); a **retransmission timeout** drops it to
-//!   [`MIN_WINDOW`].
+//! - A **loss** (a gap the receiver reported) cuts it to 0.7 (CUBIC's
+//!   beta: relays also lose events for reasons other than congestion),
+//!   once per round trip (a recovery period); a **retransmission timeout**
+//!   drops it to [`MIN_WINDOW`].
 //! - **Pacing** spreads a window's events over a round trip (at 1.25 times
 //!   the window per smoothed round trip, with a burst of
 //!   [`PACING_BURST`]) instead of sending them at once.
@@ -28,8 +29,12 @@ use std::time::{Duration, Instant};
 
 /// Congestion window at the start, in events.
 pub(super) const INITIAL_WINDOW: f64 = 10.0;
-/// Smallest congestion window, in events.
-pub(super) const MIN_WINDOW: f64 = 2.0;
+/// Smallest congestion window, in events: enough for selective
+/// acknowledgements to reveal a loss without waiting for a timeout.
+pub(super) const MIN_WINDOW: f64 = 4.0;
+/// Multiplicative decrease on a loss (CUBIC's beta): relays lose events
+/// for reasons other than congestion, so a loss costs less than half.
+const LOSS_DECREASE: f64 = 0.7;
 /// Events a paced sender may send back to back.
 const PACING_BURST: f64 = 4.0;
 /// Pacing rate over window per round trip.
@@ -109,7 +114,7 @@ impl Congestion {
             return;
         }
         self.recovery_start = Some(now);
-        self.ssthresh = (self.cwnd / 2.0).max(MIN_WINDOW);
+        self.ssthresh = (self.cwnd * LOSS_DECREASE).max(MIN_WINDOW);
         self.cwnd = self.ssthresh;
         self.reductions += 1;
     }
@@ -117,7 +122,7 @@ impl Congestion {
     /// The retransmission timer fired.
     pub(super) fn on_timeout(&mut self, now: Instant) {
         if self.recovery_start.is_none_or(|r| now > r) {
-            self.ssthresh = (self.cwnd / 2.0).max(MIN_WINDOW);
+            self.ssthresh = (self.cwnd * LOSS_DECREASE).max(MIN_WINDOW);
             self.reductions += 1;
         }
         self.cwnd = MIN_WINDOW;
@@ -155,7 +160,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slow_start_then_halving_once_per_recovery() {
+    fn slow_start_then_one_cut_per_recovery() {
         let t0 = Instant::now();
         let mut c = Congestion::new(t0);
         assert_eq!(c.window(), 10);
@@ -163,18 +168,18 @@ mod tests {
         assert_eq!(c.window(), 20);
         let t1 = t0 + Duration::from_millis(100);
         c.on_loss(t0, t1);
-        assert_eq!(c.window(), 10);
+        assert_eq!(c.window(), 14);
         // Another loss of a segment sent before the recovery began: no cut.
         c.on_loss(
             t0 + Duration::from_millis(50),
             t1 + Duration::from_millis(1),
         );
-        assert_eq!(c.window(), 10);
+        assert_eq!(c.window(), 14);
         // Congestion avoidance: one event per window.
-        c.on_acked(10);
-        assert_eq!(c.window(), 11);
+        c.on_acked(14);
+        assert_eq!(c.window(), 15);
         c.on_timeout(t1 + Duration::from_secs(1));
-        assert_eq!(c.window(), 2);
+        assert_eq!(c.window(), 4);
         assert_eq!(c.reductions, 2);
     }
 

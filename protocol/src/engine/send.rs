@@ -16,9 +16,6 @@ use super::StreamConfig;
 /// Segments after a missing one that must be selectively acknowledged
 /// before it counts as lost (relays may reorder a little).
 const REORDER_SEGMENTS: u32 = 2;
-/// Consecutive retransmission timeouts of the same data after which the
-/// segment size is halved (a relay may drop large events silently).
-const SHRINK_AFTER_TIMEOUTS: u32 = 3;
 /// Acknowledgements with progress after which a shrunken segment size doubles.
 const GROW_AFTER_ACKS: u32 = 64;
 
@@ -555,9 +552,8 @@ impl Send {
         }
         self.backoff += 1;
         self.good_acks = 0;
-        // Big events that keep vanishing while relays take them may exceed a
-        // relay's size limit (some relays drop them without an answer): try
-        // smaller ones.
+        // Sizes are the relay connection's to find (it probes them); a
+        // timeout here is loss, or congestion.
         // A timeout while the window is closed is a zero-window probe's
         // (the receiver drops the probe byte): it says nothing of size.
         let window_closed = self.peer_edge <= self.acked;
@@ -566,16 +562,6 @@ impl Send {
             // A timeout with the peer's window open is congestion; a
             // zero-window probe's, or one while no relay takes events, is not.
             self.cc.on_timeout(now);
-        }
-        if self.lost_timeouts >= SHRINK_AFTER_TIMEOUTS {
-            let smaller = (self.max_segment / 2).max(cfg.min_segment);
-            if smaller < self.max_segment {
-                log::info!(
-                    "stream {key}: retransmissions keep failing, segments {} -> {smaller} bytes",
-                    self.max_segment
-                );
-                self.max_segment = smaller;
-            }
         }
         self.retransmit_first(now, cfg, timers, tx);
         // Every other hole the receiver reported is lost too by now.
