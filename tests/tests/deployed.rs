@@ -87,7 +87,40 @@ async fn exit_and_entry(
 }
 
 /// Downloads `file` from the exit's backend through the entry's SOCKS5 port
-/// with curl; asserts the length and the SHA-256 and returns the time taken.
+/// with curl; checks the length and the SHA-256 and returns the time taken,
+/// or what went wrong.
+async fn try_download(
+    entry: &NwsProcess,
+    domain: &str,
+    backend: &HttpBackend,
+    file: &str,
+) -> Result<Duration, String> {
+    let url = format!("http://{domain}/{file}");
+    let t = Instant::now();
+    let out = curl(&["--socks5-hostname", entry.value("socks5"), &url]).await;
+    let took = t.elapsed();
+    if out.status != 0 {
+        return Err(format!(
+            "download of {file}: curl {} after {:.1} s: {}",
+            out.status,
+            took.as_secs_f64(),
+            out.stderr.trim()
+        ));
+    }
+    if out.stdout.len() != backend.file(file).len() {
+        return Err(format!(
+            "download of {file}: {} of {} bytes",
+            out.stdout.len(),
+            backend.file(file).len()
+        ));
+    }
+    if sha256_hex(&out.stdout) != backend.sha256(file) {
+        return Err(format!("download of {file}: SHA-256 differs"));
+    }
+    Ok(took)
+}
+
+/// [`try_download`] that panics on failure and prints the time.
 async fn download(
     label: &str,
     entry: &NwsProcess,
@@ -95,33 +128,22 @@ async fn download(
     backend: &HttpBackend,
     file: &str,
 ) -> Duration {
-    let url = format!("http://{domain}/{file}");
-    let t = Instant::now();
-    let out = curl(&["--socks5-hostname", entry.value("socks5"), &url]).await;
-    let took = t.elapsed();
-    assert_eq!(
-        out.status,
-        0,
-        "{label}: download of {file} failed: {out:?}\nentry log tail:\n{}",
-        tail(&entry.stderr(), 3000)
-    );
-    assert_eq!(out.stdout.len(), backend.file(file).len(), "{label}");
-    assert_eq!(sha256_hex(&out.stdout), backend.sha256(file), "{label}");
+    let took = try_download(entry, domain, backend, file)
+        .await
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
     eprintln!("{label}: {file} in {:.1} s", took.as_secs_f64());
     took
 }
 
 /// POSTs `body` to `http://{domain}/{path}` (a `/sha256…` path of the
 /// backend) through the entry's HTTP proxy port with curl, and returns the
-/// hash the backend answered (without the newline). Asserts curl succeeded
-/// with HTTP 200.
+/// hash the backend answered (without the newline), or what went wrong.
 async fn post_for_hash(
-    label: &str,
     entry: &NwsProcess,
     domain: &str,
     path: &str,
     body: &[u8],
-) -> String {
+) -> Result<String, String> {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), body).unwrap();
     let data = format!("@{}", file.path().display());
@@ -140,49 +162,72 @@ async fn post_for_hash(
         &url,
     ])
     .await;
-    assert!(
-        out.success() && out.http_code == 200,
-        "{label}: upload: {out:?}"
-    );
-    String::from_utf8_lossy(&out.body).trim().to_string()
+    if !out.success() || out.http_code != 200 {
+        return Err(format!(
+            "POST /{path}: curl {}, HTTP {}: {}",
+            out.status,
+            out.http_code,
+            out.stderr.trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.body).trim().to_string())
 }
 
-/// Uploads `UPLOAD_BYTES` of pseudo-random bytes; asserts the backend's hash
-/// of them; returns the time taken.
-async fn upload(label: &str, entry: &NwsProcess, domain: &str) -> Duration {
+/// Uploads `UPLOAD_BYTES` of pseudo-random bytes and checks the backend's
+/// hash of them; returns the time taken, or what went wrong.
+async fn try_upload(entry: &NwsProcess, domain: &str) -> Result<Duration, String> {
     let body = pseudo_random_bytes(UPLOAD_BYTES, UPLOAD_SEED);
     let t = Instant::now();
-    let hash = post_for_hash(label, entry, domain, "sha256", &body).await;
+    let hash = post_for_hash(entry, domain, "sha256", &body).await?;
     let took = t.elapsed();
-    assert_eq!(hash, sha256_hex(&body), "{label}: upload arrived altered");
-    eprintln!("{label}: 1 MiB upload in {:.1} s", took.as_secs_f64());
-    took
+    if hash != sha256_hex(&body) {
+        return Err(format!("upload arrived altered: backend hashed {hash}"));
+    }
+    Ok(took)
+}
+
+/// One `GET /hello` through the SOCKS5 port (`socks`) or the HTTP port;
+/// checks the answer.
+async fn try_hello(entry: &NwsProcess, domain: &str, socks: bool) -> Result<(), String> {
+    let url = format!("http://{domain}/hello");
+    let proxy = format!("http://{}", entry.value("http"));
+    let out = if socks {
+        curl_http(&["--socks5-hostname", entry.value("socks5"), &url]).await
+    } else {
+        curl_http(&["--proxy", &proxy, &url]).await
+    };
+    if !out.success() || out.http_code != 200 || out.body != HELLO_BODY {
+        return Err(format!(
+            "GET /hello via {}: curl {}, HTTP {}, {} bytes: {}",
+            if socks { "SOCKS5" } else { "HTTP proxy" },
+            out.status,
+            out.http_code,
+            out.body.len(),
+            out.stderr.trim()
+        ));
+    }
+    Ok(())
 }
 
 /// `SMALL_REQUESTS` sequential `GET /hello`, each a new stream, alternating
-/// the SOCKS5 and the HTTP port; asserts every answer.
-async fn small_requests(label: &str, entry: &NwsProcess, domain: &str) -> Duration {
-    let url = format!("http://{domain}/hello");
-    let proxy = format!("http://{}", entry.value("http"));
+/// the SOCKS5 and the HTTP port; returns the time taken, or the first
+/// failure.
+async fn try_small_requests(entry: &NwsProcess, domain: &str) -> Result<Duration, String> {
     let t = Instant::now();
     for i in 0..SMALL_REQUESTS {
-        let out = if i % 2 == 0 {
-            curl_http(&["--socks5-hostname", entry.value("socks5"), &url]).await
-        } else {
-            curl_http(&["--proxy", &proxy, &url]).await
-        };
-        assert!(
-            out.success() && out.http_code == 200,
-            "{label}: small request {i}: {out:?}"
-        );
-        assert_eq!(out.body, HELLO_BODY, "{label}: small request {i}");
+        try_hello(entry, domain, i % 2 == 0)
+            .await
+            .map_err(|e| format!("small request {i}: {e}"))?;
     }
-    let took = t.elapsed();
-    eprintln!(
-        "{label}: {SMALL_REQUESTS} small requests in {:.1} s",
-        took.as_secs_f64()
-    );
-    took
+    Ok(t.elapsed())
+}
+
+/// Seconds of an outcome for the `DEPLOYED` line: `12.3`, or `FAIL`.
+fn secs<T>(r: &Result<Duration, T>) -> String {
+    match r {
+        Ok(d) => format!("{:.1}", d.as_secs_f64()),
+        Err(_) => "FAIL".into(),
+    }
 }
 
 /// The per-stream summaries a process logged so far (debug: `stream K:
@@ -240,10 +285,13 @@ fn log_lines(p: &NwsProcess, needles: &[&str], max: usize) -> String {
     lines[lines.len().saturating_sub(max)..].join("\n")
 }
 
-/// One mode of [`FaultyRelay`] in front of an `nws relay`: a 10 MiB download
-/// (SOCKS5), a 1 MiB upload (HTTP proxy) and 20 small requests, all checked;
-/// prints the `DEPLOYED` line. With `tls`, the middlebox serves `wss://`
-/// with a test CA, given to both processes through `NWS_RELAY_CA`.
+/// One mode of [`FaultyRelay`] in front of an `nws relay`: a `GET /hello`
+/// right after both ends started (as a user's first request), then a 10 MiB
+/// download (SOCKS5), a 1 MiB upload (HTTP proxy) and 20 small requests,
+/// all checked. Every step runs even if one before failed; the `DEPLOYED`
+/// line is printed, then the test fails with every failure. With `tls`,
+/// the middlebox serves `wss://` with a test CA, given to both processes
+/// through `NWS_RELAY_CA`.
 async fn mode_test(mode: &str, config: FaultConfig, tls: bool) -> (FaultStats, NwsProcess) {
     let backend = HttpBackend::start().await;
     let relay = nws_relay().await;
@@ -268,27 +316,45 @@ async fn mode_test(mode: &str, config: FaultConfig, tls: bool) -> (FaultStats, N
     let label = format!("mode {mode}");
 
     let t = Instant::now();
-    let mib10 = download(&label, &entry, &domain, &backend, "10m").await;
-    let resent = first_stream_resent_share(&exit).await;
-    let up = upload(&label, &entry, &domain).await;
-    let small = small_requests(&label, &entry, &domain).await;
+    let first = try_hello(&entry, &domain, true).await;
+    let first_s = t.elapsed();
+    let mib10 = try_download(&entry, &domain, &backend, "10m").await;
+    let resent = match mib10 {
+        Ok(_) => first_stream_resent_share(&exit).await,
+        Err(_) => None,
+    };
+    let up = try_upload(&entry, &domain).await;
+    let small = try_small_requests(&entry, &domain).await;
     let total = t.elapsed();
 
     let stats = faulty.stats();
     println!(
-        "DEPLOYED mode={mode} mib10_s={:.1} upload_s={:.1} small20_s={:.1} total_s={:.1} events={} refused={} resent_share={}",
-        mib10.as_secs_f64(),
-        up.as_secs_f64(),
-        small.as_secs_f64(),
+        "DEPLOYED mode={mode} first_s={} mib10_s={} upload_s={} small20_s={} total_s={:.1} events={} refused={} resent_share={}",
+        if first.is_ok() { format!("{:.1}", first_s.as_secs_f64()) } else { "FAIL".into() },
+        secs(&mib10),
+        secs(&up),
+        secs(&small),
         total.as_secs_f64(),
         stats.publish_seen,
         stats.publish_rejected,
         resent.map_or("n/a".to_string(), |s| format!("{:.3}", s)),
     );
     eprintln!("{label}: {stats:?}");
-    eprintln!(
-        "{label}: exit's path lines:\n{}",
-        log_lines(&exit, &["probe", "size", "pac", "rate", "auth", "AUTH"], 20)
+    let failures: Vec<String> = [
+        first.err().map(|e| format!("first request: {e}")),
+        mib10.err(),
+        up.err(),
+        small.err(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert!(
+        failures.is_empty(),
+        "{label}:\n{}\nexit log tail:\n{}\nentry log tail:\n{}",
+        failures.join("\n"),
+        tail(&exit.stderr(), 3000),
+        tail(&entry.stderr(), 3000)
     );
     (stats, exit)
 }
@@ -516,6 +582,9 @@ async fn nostr_rs_relay_rate_and_size_limits() {
     let after = counter.stats();
     let events = after.publish_seen - before.publish_seen;
     let log = relay.log();
+    if let Some(dir) = std::env::var_os("NWS_TEST_LOG_DIR") {
+        let _ = std::fs::write(PathBuf::from(dir).join("nostr-rs-relay.log"), &log);
+    }
     let refused = log.matches("client sent command larger").count() as u64;
     let rate_lines = log.matches("rate limit reached").count();
     let per_event = nws_core::protocol::max_data_for_content(MAX_EVENT - 600);
@@ -751,7 +820,9 @@ async fn stored_request_is_not_replayed_after_exit_restart() {
     let path = "sha256/once";
     let body = b"pay 10 coins to bob, once".to_vec();
 
-    let hash = post_for_hash("stored", &entry, &domain, path, &body).await;
+    let hash = post_for_hash(&entry, &domain, path, &body)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(hash, sha256_hex(&body));
     assert_eq!(backend.path_count(path), 1);
 

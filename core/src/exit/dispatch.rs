@@ -109,7 +109,11 @@ impl Server {
                 MessageType::Ping | MessageType::Ack | MessageType::Close
             );
         if msg.kind == MessageType::Error || !v2 {
-            log::debug!("stream {}: {} for an unknown stream: dropped", msg.key, msg.kind);
+            log::debug!(
+                "stream {}: {} for an unknown stream: dropped",
+                msg.key,
+                msg.kind
+            );
             return;
         }
         let now = Instant::now();

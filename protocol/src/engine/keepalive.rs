@@ -113,7 +113,10 @@ mod tests {
         for _ in 0..6 {
             let at = k.heard(now, false);
             gaps.push(at - now);
-            assert!(matches!(k.fire(at, Duration::from_millis(100)), Due::Ping(_)));
+            assert!(matches!(
+                k.fire(at, Duration::from_millis(100)),
+                Due::Ping(_)
+            ));
             now = at + Duration::from_millis(50);
         }
         assert_eq!(gaps[0], IDLE_FIRST);

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    keepalive, legacy, Delivery, ErrorReason, Message, MessageType, Output, RtoOutcome, Side, State, Stream,
-    Timer, Transmit, PROTOCOL_VERSION,
+    keepalive, legacy, Delivery, ErrorReason, Message, MessageType, Output, RtoOutcome, Side,
+    State, Stream, Timer, Transmit, PROTOCOL_VERSION,
 };
 
 /// Opening, closing and the peer's messages.
