@@ -17,6 +17,7 @@ pub mod hostile;
 pub mod legacy;
 pub mod process;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::fs::OpenOptions;
@@ -24,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -146,13 +147,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// * `GET /hello` → `"hello from the nws backend\n"` (text/plain)
 /// * `GET /1k`, `/64k`, `/1m`, `/10m` → fixed pseudo-random bytes (application/octet-stream)
 /// * `/echo` (any method, normally POST) → the request body (application/octet-stream)
+/// * `/sha256` and `/sha256/<anything>` (any method, normally POST) → the SHA-256 of the
+///   request body as lower-case hex and a newline (text/plain), so that an upload can be
+///   checked without sending it back
 /// * anything else → 404 (files with a method other than GET/HEAD → 405)
 ///
-/// Every response carries `Content-Length`. Dropping the backend stops the server and
-/// closes all its connections.
+/// Every response carries `Content-Length`. Requests are counted, in all and per path
+/// ([`HttpBackend::request_count`], [`HttpBackend::path_count`]). Dropping the backend stops
+/// the server and closes all its connections.
 pub struct HttpBackend {
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    per_path: Arc<Mutex<HashMap<String, usize>>>,
     task: JoinHandle<()>,
 }
 
@@ -172,6 +178,8 @@ impl HttpBackend {
         let addr = listener.local_addr().expect("local_addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let per_path = Arc::new(Mutex::new(HashMap::new()));
+        let paths = per_path.clone();
         let task = tokio::spawn(async move {
             // Connection tasks live in this JoinSet: aborting the accept task drops it,
             // which aborts every open connection as well.
@@ -188,9 +196,13 @@ impl HttpBackend {
                         };
                         let _ = stream.set_nodelay(true);
                         let counter = counter.clone();
+                        let paths = paths.clone();
                         conns.spawn(async move {
-                            let svc = service_fn(move |req| {
+                            let svc = service_fn(move |req: Request<Incoming>| {
                                 counter.fetch_add(1, Ordering::SeqCst);
+                                *nws_core::sync::lock(&paths)
+                                    .entry(req.uri().path().to_string())
+                                    .or_insert(0) += 1;
                                 handle(req)
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
@@ -206,6 +218,7 @@ impl HttpBackend {
         HttpBackend {
             addr,
             requests,
+            per_path,
             task,
         }
     }
@@ -235,6 +248,16 @@ impl HttpBackend {
     pub fn request_count(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Number of HTTP requests the backend has received so far for `path` (the request
+    /// target's path without the query; a leading `/` is added if missing), any method.
+    pub fn path_count(&self, path: &str) -> usize {
+        let path = format!("/{}", normalize_name(path));
+        nws_core::sync::lock(&self.per_path)
+            .get(&path)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for HttpBackend {
@@ -254,6 +277,20 @@ fn respond(status: StatusCode, content_type: &str, body: Bytes) -> Response<Full
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    if path == "/sha256" || path.starts_with("/sha256/") {
+        return Ok(match req.into_body().collect().await {
+            Ok(collected) => respond(
+                StatusCode::OK,
+                "text/plain",
+                Bytes::from(format!("{}\n", sha256_hex(&collected.to_bytes()))),
+            ),
+            Err(e) => respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                Bytes::from(format!("error reading body: {e}\n")),
+            ),
+        });
+    }
     if path == "/echo" {
         return Ok(match req.into_body().collect().await {
             Ok(collected) => respond(
@@ -354,6 +391,30 @@ pub struct ThirdPartyRelay {
 pub const RELAY_MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 pub const RELAY_MAX_WS_BYTES: usize = 8 * 1024 * 1024;
 
+/// The `[limits]` of a [`ThirdPartyRelay`] that tests may change
+/// ([`ThirdPartyRelay::start_with`]); [`Default`] is what [`ThirdPartyRelay::start`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// `messages_per_sec`: nostr-rs-relay's one rate limit for the whole relay (not per
+    /// connection): its database writer sleeps once more than `60 × rate` events were
+    /// written in a minute, ephemeral events included; it answers nothing and sends no
+    /// `NOTICE` about it, events just queue (up to `event_persist_buffer`) and then the
+    /// connections stop being read. `None`: unset, no limit.
+    pub messages_per_sec: Option<u32>,
+    /// `max_event_bytes`: longest `["EVENT", …]` message taken, in bytes; a longer one is
+    /// dropped with a `NOTICE` ("event exceeded max size") and no `OK`.
+    pub max_event_bytes: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            messages_per_sec: None,
+            max_event_bytes: RELAY_MAX_EVENT_BYTES,
+        }
+    }
+}
+
 impl ThirdPartyRelay {
     /// Locate the nostr-rs-relay binary: `$NOSTR_RS_RELAY`, then `PATH`, then
     /// `~/.cargo/bin/nostr-rs-relay`.
@@ -394,6 +455,11 @@ impl ThirdPartyRelay {
     /// Errors (binary missing, relay exited, timeout) carry a message meant to be shown
     /// as a test failure.
     pub async fn start() -> Result<ThirdPartyRelay, String> {
+        Self::start_with(RelayLimits::default()).await
+    }
+
+    /// Like [`ThirdPartyRelay::start`] with other `[limits]` in the relay's config.
+    pub async fn start_with(limits: RelayLimits) -> Result<ThirdPartyRelay, String> {
         let binary = Self::binary()?;
         let dir = tempfile::Builder::new()
             .prefix("nws-nostr-rs-relay-")
@@ -416,7 +482,7 @@ impl ThirdPartyRelay {
         for _attempt in 0..3 {
             relay.port = free_port();
             relay.url = format!("ws://127.0.0.1:{}", relay.port);
-            std::fs::write(&relay.config_path, relay_config(relay.port))
+            std::fs::write(&relay.config_path, relay_config(relay.port, &limits))
                 .map_err(|e| format!("writing {}: {e}", relay.config_path.display()))?;
             match relay.spawn_and_wait().await {
                 Ok(()) => return Ok(relay),
@@ -575,7 +641,12 @@ impl fmt::Debug for ThirdPartyRelay {
     }
 }
 
-fn relay_config(port: u16) -> String {
+/// The relay's config file for `port` with `limits`.
+fn relay_config(port: u16, limits: &RelayLimits) -> String {
+    let rate = match limits.messages_per_sec {
+        Some(n) => format!("messages_per_sec = {n}"),
+        None => "# messages_per_sec / subscriptions_per_min left unset: no rate limits".into(),
+    };
     format!(
         r#"# generated by nws-tests for nostr-rs-relay 0.8.12
 [info]
@@ -597,7 +668,7 @@ port = {port}
 # accept any created_at (NIP-59 style randomised timestamps included)
 
 [limits]
-# messages_per_sec / subscriptions_per_min left unset: no rate limits
+{rate}
 max_event_bytes = {max_event}
 max_ws_message_bytes = {max_ws}
 max_ws_frame_bytes = {max_ws}
@@ -610,7 +681,7 @@ nip42_auth = false
 [verified_users]
 mode = "disabled"
 "#,
-        max_event = RELAY_MAX_EVENT_BYTES,
+        max_event = limits.max_event_bytes,
         max_ws = RELAY_MAX_WS_BYTES,
     )
 }

@@ -55,6 +55,18 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// With `NWS_TEST_LOG_DIR` set, a file `<dir>/nws-<command>-<pid>.log` that a
+/// process's stderr is copied to as it comes (to read the logs of a test that
+/// failed, or of one that passed); `None` otherwise or if it cannot be created.
+fn log_copy(args: &[&str], pid: Option<u32>) -> Option<std::fs::File> {
+    let dir = std::env::var_os("NWS_TEST_LOG_DIR").filter(|d| !d.is_empty())?;
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let command = args.first().copied().unwrap_or("nws");
+    let path = dir.join(format!("nws-{command}-{}.log", pid.unwrap_or(0)));
+    std::fs::File::create(path).ok()
+}
+
 /// A running `nws` child process; killed on drop.
 pub struct NwsProcess {
     child: Child,
@@ -99,9 +111,14 @@ impl NwsProcess {
         let stderr = Arc::new(Mutex::new(String::new()));
         let err_pipe = child.stderr.take().expect("stderr piped");
         let sink = stderr.clone();
+        let mut copy = log_copy(args, child.id());
         tokio::spawn(async move {
+            use std::io::Write;
             let mut lines = BufReader::new(err_pipe).lines();
             while let Ok(Some(l)) = lines.next_line().await {
+                if let Some(f) = copy.as_mut() {
+                    let _ = writeln!(f, "{l}");
+                }
                 let mut s = sink.lock().unwrap();
                 s.push_str(&l);
                 s.push('\n');
