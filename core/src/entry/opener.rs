@@ -243,6 +243,8 @@ impl Entry {
                 .await?;
             return Ok((stream, 0));
         }
+        // The CONNECT must fit what the relays take, like any event.
+        let fits = crate::protocol::max_data_for_content(self.transport.content_limit(&relays));
         let (link, inbox, route) = self.answers(exit, relays, &key).await?;
 
         let dialect = if self.is_legacy_exit(&exit.public_key) {
@@ -252,7 +254,7 @@ impl Entry {
         };
         let known_v2 = lock(&self.v2_exits).contains(&exit.public_key);
         let early = if dialect == Dialect::V2 && known_v2 {
-            early
+            &early[..early.len().min(fits)]
         } else {
             &[]
         };

@@ -216,8 +216,9 @@ async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
                 .await
                 .is_ok()
             {
-                if let Err(r) = stream.run(sock, first).await {
+                if let Err(r) = stream.run(&mut sock, first).await {
                     log::debug!("SOCKS5 {target}: stream ended: {r}");
+                    reset(sock);
                 }
             }
         }
@@ -273,7 +274,23 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream) {
     if connect && http::write_connect_established(&mut sock).await.is_err() {
         return;
     }
-    if let Err(r) = stream.run(sock, first).await {
+    if let Err(r) = stream.run(&mut sock, first).await {
         log::debug!("HTTP proxy {host}:{port}: stream ended: {r}");
+        reset(sock);
     }
+}
+
+/// Closes a client connection whose stream was aborted with a TCP reset
+/// (`SO_LINGER` 0) rather than a normal close: the client must not take a
+/// truncated body for a complete one, and bytes still queued for it are
+/// dropped instead of trickling out after the stream is gone.
+fn reset(sock: TcpStream) {
+    // Deprecated because a non-zero linger blocks the dropping thread; a
+    // zero one resets at once and never blocks.
+    #[allow(deprecated)]
+    let lingered = sock.set_linger(Some(std::time::Duration::ZERO));
+    if let Err(e) = lingered {
+        log::debug!("cannot reset the client connection: {e}");
+    }
+    drop(sock);
 }

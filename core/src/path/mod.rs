@@ -27,17 +27,17 @@ pub mod socket;
 use std::time::{Duration, Instant};
 
 /// Size of an `["EVENT", …]` message almost every relay takes, in bytes
-/// (a 4 KiB content cap leaves room for it): streams use it until the
-/// relay's real limit is known.
-pub const BASE_MESSAGE: usize = 2_600;
+/// (a 4 KiB content cap leaves room for it; about 1 KB of stream data):
+/// streams use it until the relay's real limit is known.
+pub const BASE_MESSAGE: usize = 4_000;
 /// The largest event message streams ever need, in bytes (a full data
 /// event of 30,000 bytes is about 55,300): the search stops there.
 pub const MAX_MESSAGE: usize = 56_000;
-/// Failed probes after which a relay's size search stops for good.
-const MAX_FAILED_PROBES: u32 = 4;
-/// The search stops once the rejected size is within this factor of the
-/// confirmed one.
-const CLOSE_ENOUGH: f64 = 1.15;
+/// Failed probes after which a relay's size search stops for good: the
+/// optimistic first one, and the one that ends the walk up.
+const MAX_FAILED_PROBES: u32 = 2;
+/// Each probe of the walk up is this much larger than the confirmed size.
+const STEP_UP: f64 = 1.25;
 
 /// The size search of one relay (RFC 8899 vocabulary: the confirmed size is
 /// the PLPMTU, the ceiling the largest size not known to fail). Sizes are
@@ -67,24 +67,20 @@ impl SizeSearch {
     /// The next size to probe, or `None` when the search is over.
     ///
     /// The first probe is the largest size streams need (most relays take
-    /// it: one round trip); after a rejection the search steps up from the
-    /// confirmed size by a quarter of the gap in log space. Refusals are what
-    /// cost (some relays throttle a connection harder after each one), so
-    /// the steps lean toward sizes that pass: a 4 KiB cap costs three
-    /// refusals.
+    /// it: one round trip). After a refusal the search walks up from the
+    /// confirmed size in steps of a quarter, and the next refusal ends it:
+    /// refusals are what cost (some relays throttle a connection harder
+    /// after each one), so a relay is refused at most twice, and the size
+    /// found is within a step of its limit.
     pub fn next_probe(&self) -> Option<usize> {
         if self.confirmed >= self.ceiling || self.failed >= MAX_FAILED_PROBES {
             return None;
         }
-        if self.ceiling >= MAX_MESSAGE {
+        if self.failed == 0 && self.ceiling >= MAX_MESSAGE {
             return Some(MAX_MESSAGE);
         }
-        if (self.ceiling as f64) < self.confirmed as f64 * CLOSE_ENOUGH {
-            return None;
-        }
-        let ratio = self.ceiling as f64 / self.confirmed as f64;
-        let mid = (self.confirmed as f64 * ratio.powf(0.25)) as usize;
-        Some(mid.clamp(self.confirmed + 1, self.ceiling))
+        let next = ((self.confirmed as f64 * STEP_UP) as usize).min(self.ceiling);
+        (next > self.confirmed).then_some(next)
     }
 
     /// A message of `size` bytes was taken.
@@ -281,12 +277,17 @@ mod tests {
     }
 
     #[test]
-    fn a_4_kib_cap_is_found_with_few_rejections_and_never_exceeded() {
-        let cap = 4_096 + 450;
+    fn caps_are_found_with_two_rejections_and_never_exceeded() {
+        for cap in [4_096 + 450, 9_000, 17_000, 50_000] {
+            check_cap(cap);
+        }
+    }
+
+    fn check_cap(cap: usize) {
         let (s, probes) = search_against(cap);
         let rejected = probes.iter().filter(|&&p| p > cap).count();
-        assert!(rejected <= 4, "{probes:?}");
-        assert!(s.confirmed <= cap && s.confirmed as f64 >= cap as f64 / CLOSE_ENOUGH);
+        assert!(rejected <= 2, "{probes:?}");
+        assert!(s.confirmed <= cap && s.confirmed as f64 >= cap as f64 / STEP_UP);
         assert!(s.ceiling >= s.confirmed);
         // No probe above a size already rejected.
         for (i, &p) in probes.iter().enumerate() {
@@ -299,7 +300,7 @@ mod tests {
     fn a_cap_below_the_base_stops_the_search_at_the_base() {
         let (s, probes) = search_against(1_000);
         assert_eq!(s.confirmed, BASE_MESSAGE);
-        assert!(probes.len() <= MAX_FAILED_PROBES as usize);
+        assert!(probes.len() <= MAX_FAILED_PROBES as usize, "{probes:?}");
     }
 
     #[test]
@@ -309,7 +310,7 @@ mod tests {
         assert!(s.rejected(20_000));
         assert_eq!(s.confirmed, 10_000);
         assert_eq!(s.ceiling, 19_999);
-        assert!(s.next_probe().is_some_and(|p| p < 20_000));
+        assert_eq!(s.next_probe(), Some(12_500));
     }
 
     #[test]

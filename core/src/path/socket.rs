@@ -374,6 +374,8 @@ struct TapState {
     auth_ids: Vec<String>,
     /// The prober's subscription was closed with `auth-required:`.
     req_refused: bool,
+    /// Controls echoed without an `OK` yet, and when to give up on it.
+    ok_check: Option<(Vec<String>, Instant)>,
     /// The prober's events by id: their size and what came of them.
     probe_ids: HashMap<String, (usize, Vec<(Answer, Instant)>)>,
 }
@@ -608,6 +610,27 @@ impl Tap {
         Some((id, frame))
     }
 
+    /// Whether a control echoed without an `OK` got one in time; if not,
+    /// the relay does not answer ephemeral events.
+    fn check_ok(&self, now: Instant) {
+        let mut st = lock(&self.state);
+        let Some((ids, by)) = st.ok_check.as_ref() else {
+            return;
+        };
+        let ok = ids.iter().any(|id| {
+            st.probe_ids
+                .get(id)
+                .is_some_and(|(_, a)| a.iter().any(|(x, _)| *x == Answer::Ok))
+        });
+        if ok {
+            st.ok_check = None;
+        } else if now >= *by {
+            st.ok_check = None;
+            drop(st);
+            self.path.no_ok();
+        }
+    }
+
     /// The answers to probe `id` so far.
     fn answers(&self, id: &str) -> Vec<(Answer, Instant)> {
         lock(&self.state)
@@ -688,7 +711,15 @@ async fn writer(
 ) {
     let mut prober = Prober::new();
     loop {
-        let deadline = prober.deadline().map(tokio::time::Instant::from_std);
+        let deadline = prober
+            .deadline()
+            .or_else(|| {
+                lock(&tap.state)
+                    .ok_check
+                    .is_some()
+                    .then(|| Instant::now() + POLL)
+            })
+            .map(tokio::time::Instant::from_std);
         let step = tokio::select! {
             m = from_pool.recv() => match m {
                 None => break,
@@ -788,6 +819,7 @@ impl Prober {
 
     /// Moves on with what has been answered; returns frames to send.
     fn step(&mut self, tap: &Tap, now: Instant) -> Vec<String> {
+        tap.check_ok(now);
         let mut out = Vec::new();
         match self {
             Prober::Start { since } => {
@@ -806,14 +838,15 @@ impl Prober {
                 };
             }
             Prober::First { controls, since } => {
-                let answers: Vec<(Answer, Instant)> =
-                    controls.iter().flat_map(|(c, _)| tap.answers(c)).collect();
+                // Refusals for want of authentication are answered again
+                // once the pool has authenticated (the tap resends).
+                let answers: Vec<(Answer, Instant)> = controls
+                    .iter()
+                    .flat_map(|(c, _)| tap.answers(c))
+                    .filter(|(a, _)| !matches!(a, Answer::Refused(m) if m.starts_with("auth-required:")))
+                    .collect();
                 let sent = controls.last().map_or(*since, |(_, at)| *at);
                 if let Some((Answer::Refused(m), _)) = answers.first() {
-                    if m.starts_with("auth-required:") {
-                        // Sent again after authentication; wait for that.
-                        return out;
-                    }
                     log::info!(
                         "relay {}: refuses our events (\"{m}\"): size search off",
                         tap.path.name
@@ -836,14 +869,12 @@ impl Prober {
                     }
                     return out;
                 };
-                let ok = answers.iter().any(|(a, _)| *a == Answer::Ok);
-                if !ok {
-                    // Echoed without an OK: wait a little for the OK, then
-                    // take the relay for one that does not answer ephemerals.
-                    if now < first + OK_AFTER_ECHO {
-                        return out;
-                    }
-                    tap.path.no_ok();
+                if !answers.iter().any(|(a, _)| *a == Answer::Ok) {
+                    // Echoed without an OK: if the OK does not follow soon,
+                    // the relay does not answer ephemeral events. The search
+                    // goes on meanwhile.
+                    let ids = controls.iter().map(|(c, _)| c.clone()).collect();
+                    lock(&tap.state).ok_check = Some((ids, first + OK_AFTER_ECHO));
                 }
                 // The round trip of the fastest control answered.
                 let rtt = controls
@@ -867,7 +898,8 @@ impl Prober {
                 let size = *size;
                 let got: Vec<(Answer, Instant)> =
                     probes.iter().flat_map(|p| tap.answers(p)).collect();
-                let control_back = tap.answers(controls.last().map_or("", |c| c.as_str()))
+                let control_back = tap
+                    .answers(controls.last().map_or("", |c| c.as_str()))
                     .first()
                     .map(|(_, at)| *at);
                 let refused = got.iter().find_map(|(a, _)| match a {
