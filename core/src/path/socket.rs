@@ -41,6 +41,8 @@ use crate::sync::lock;
 
 /// Events remembered per connection while they wait for an answer.
 const MAX_WAITING: usize = 4096;
+/// An event unanswered for this long gets no answer any more.
+const UNANSWERED_AFTER: Duration = Duration::from_secs(120);
 /// Bytes of refused events kept to send again after authentication.
 const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
 /// Frames the pool may queue for the writer before its sink waits.
@@ -349,6 +351,8 @@ struct Waiting {
     kind: u16,
     /// The frame, kept while the relay wants authentication first.
     text: Option<Arc<str>>,
+    /// When it was sent.
+    at: Instant,
 }
 
 /// What the relay said about one of the prober's events.
@@ -420,13 +424,22 @@ impl Tap {
             let kind = field_num(text, "\"kind\":").unwrap_or(0);
             let mut st = lock(&self.state);
             let keep = st.challenged;
+            let now = Instant::now();
             st.waiting.push_back(Waiting {
                 id: id.to_string(),
                 size: text.len(),
                 kind,
                 text: keep.then(|| Arc::from(text)),
+                at: now,
             });
-            if st.waiting.len() > MAX_WAITING {
+            // Events long unanswered will get no answer (relays that send
+            // no OK for ephemeral events).
+            while st
+                .waiting
+                .front()
+                .is_some_and(|w| now > w.at + UNANSWERED_AFTER)
+                || st.waiting.len() > MAX_WAITING
+            {
                 st.waiting.pop_front();
             }
             return true;
@@ -502,13 +515,25 @@ impl Tap {
             }
             return Verdict::Pass;
         }
-        // The event this answers: by id, or (empty or unknown id) the oldest
-        // still waiting, since relays answer in order.
+        // The event this answers: by id; for an id that is not one (empty,
+        // say), the oldest event still waiting that is larger than the relay
+        // is known to take (refusals are about size far more often than
+        // not), else the oldest. A well-formed id nobody waits for is
+        // passed on as it is: it must not take another event's place.
+        let well_formed = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
         let by_id = st.waiting.iter().position(|w| w.id == id);
         let matched = match by_id {
-            // Events before it will get no answer of their own.
-            Some(i) => st.waiting.drain(..=i).next_back(),
-            None => st.waiting.pop_front(),
+            Some(i) => st.waiting.remove(i),
+            None if well_formed => None,
+            None => {
+                let confirmed = self.path.confirmed();
+                let i = st
+                    .waiting
+                    .iter()
+                    .position(|w| w.size > confirmed)
+                    .unwrap_or(0);
+                st.waiting.remove(i)
+            }
         };
         let Some(event) = matched else {
             return Verdict::Pass;
