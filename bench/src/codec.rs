@@ -1,13 +1,16 @@
 //! CPU cost of each step one stream event goes through, measured in this
 //! process on one thread with the libraries the `nws` processes use:
 //!
-//! * sender: message JSON (with base64 of the data), NIP-44 v2 encryption,
-//!   base64 of the payload, event id (JSON array + SHA-256), Schnorr
-//!   signature, the `["EVENT", …]` message to the relay;
+//! * sender: the plaintext (a version-3 frame; for version 2, JSON with
+//!   base64 of the data), NIP-44 v2 encryption, base64 of the payload,
+//!   event id (JSON array + SHA-256), Schnorr signature, the rest of
+//!   `build_stream_event`, the `["EVENT", …]` message to the relay;
 //! * relay: parsing it, checking id and signature, the `["EVENT", sub, …]`
 //!   message to each subscriber;
-//! * receiver: parsing that, checking id and signature again (nostr-sdk's
-//!   pool does), base64 decoding, NIP-44 decryption, message JSON.
+//! * receiver: parsing that, checking id and signature (only for JSON: a
+//!   version-3 frame from the peer is proven by its MAC, `docs/PROTOCOL.md`
+//!   "Authenticating stream events"), base64 decoding, NIP-44 decryption,
+//!   the plaintext back to a message.
 //!
 //! It explains the CPU seconds per MiB of the end-to-end run, step by step.
 
@@ -18,7 +21,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::nips::nip44::v2::{decrypt_to_bytes, encrypt_to_bytes, ConversationKey};
 use nostr::{ClientMessage, EventId, JsonUtil, Keys, RelayMessage, SubscriptionId};
-use nws_core::protocol::{build_stream_event, Message, MessageType, DEFAULT_MAX_DATA_PER_EVENT};
+use nws_core::protocol::frame::{self, Sender};
+use nws_core::protocol::{
+    build_stream_event, Message, MessageType, DEFAULT_MAX_DATA_PER_EVENT, MAX_FRAME_DATA_PER_EVENT,
+};
 use serde::Serialize;
 
 /// Per-step cost of one event, in microseconds.
@@ -56,30 +62,35 @@ impl EventCost {
     }
 }
 
-/// Costs of a full data event and of a standalone `ACK`.
+/// Costs of a full data event in each framing and of a standalone `ACK`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CodecCosts {
-    /// A `DATA` message with [`DEFAULT_MAX_DATA_PER_EVENT`] bytes.
+    /// A version-3 `DATA` frame with [`MAX_FRAME_DATA_PER_EVENT`] bytes.
     pub data: EventCost,
-    /// An `ACK` message (no data).
+    /// A version-2 (JSON) `DATA` message with [`DEFAULT_MAX_DATA_PER_EVENT`] bytes.
+    pub data_json: EventCost,
+    /// A version-3 `ACK` frame (no data).
     pub ack: EventCost,
 }
 
-/// Measures both kinds of event, spending about `budget` on each step.
+/// Measures each kind of event, spending about `budget` on each step.
 pub fn measure(budget: Duration) -> Result<CodecCosts, String> {
-    let mut data = Message::new(uuid::Uuid::new_v4().to_string(), MessageType::Data);
-    data.data = (0..DEFAULT_MAX_DATA_PER_EVENT)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
-    data.seq = Some(123_456_789);
-    data.ack = Some(987_654);
-    data.window = Some(512 * 1024);
+    let data_of = |n: usize| {
+        let mut m = Message::new(uuid::Uuid::new_v4().to_string(), MessageType::Data);
+        m.data = (0..n).map(|i| (i * 31 % 251) as u8).collect();
+        m.seq = Some(123_456_789);
+        m.ack = Some(987_654);
+        m.window = Some(512 * 1024);
+        m
+    };
+    let data = data_of(MAX_FRAME_DATA_PER_EVENT);
     let mut ack = Message::new(data.key.clone(), MessageType::Ack);
     ack.ack = Some(123_456_789);
     ack.window = Some(512 * 1024);
     Ok(CodecCosts {
-        data: measure_one(&data, budget)?,
-        ack: measure_one(&ack, budget)?,
+        data: measure_one(&data, true, budget)?,
+        data_json: measure_one(&data_of(DEFAULT_MAX_DATA_PER_EVENT), false, budget)?,
+        ack: measure_one(&ack, true, budget)?,
     })
 }
 
@@ -95,13 +106,21 @@ fn time<T>(budget: Duration, mut f: impl FnMut() -> T) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / f64::from(runs)
 }
 
-fn measure_one(msg: &Message, budget: Duration) -> Result<EventCost, String> {
+/// The steps of one event: a version-3 frame when `framed`, else JSON.
+fn measure_one(msg: &Message, framed: bool, budget: Duration) -> Result<EventCost, String> {
     let sender = Keys::generate();
     let receiver = Keys::generate();
     let key = ConversationKey::derive(sender.secret_key(), &receiver.public_key())
         .map_err(|e| e.to_string())?;
-    let json = msg.to_json();
-    let payload = encrypt_to_bytes(&key, json.as_bytes()).map_err(|e| e.to_string())?;
+    let to_plain = || -> Vec<u8> {
+        if framed {
+            frame::encode(msg, Sender::Exit).unwrap_or_default()
+        } else {
+            msg.to_json().into_bytes()
+        }
+    };
+    let plain = to_plain();
+    let payload = encrypt_to_bytes(&key, &plain).map_err(|e| e.to_string())?;
     let content = BASE64.encode(&payload);
     let event = build_stream_event(&sender, &receiver.public_key(), content.clone())
         .map_err(|e| e.to_string())?;
@@ -113,13 +132,13 @@ fn measure_one(msg: &Message, budget: Duration) -> Result<EventCost, String> {
     let mut step = |at, name, micros| steps.push(Step { at, name, micros });
     step(
         "sender",
-        "message JSON + base64 of data",
-        time(budget, || msg.to_json()),
+        "plaintext: v3 frame, or v2 JSON + base64 of data",
+        time(budget, to_plain),
     );
     step(
         "sender",
         "NIP-44 v2 encrypt (ChaCha20, HMAC-SHA256, padding)",
-        time(budget, || encrypt_to_bytes(&key, json.as_bytes())),
+        time(budget, || encrypt_to_bytes(&key, &plain)),
     );
     step(
         "sender",
@@ -142,11 +161,11 @@ fn measure_one(msg: &Message, budget: Duration) -> Result<EventCost, String> {
     });
     step("sender", "event id (JSON array, SHA-256)", id_cost);
     step("sender", "Schnorr signature", sig_cost);
-    // nostr's EventBuilder computes the id when building, then checks it
-    // again when signing (UnsignedEvent::sign_with_ctx with an id set).
+    // build_stream_event computes the id once (nostr's EventBuilder would
+    // compute it again to check it when signing).
     step(
         "sender",
-        "rest of build_stream_event (id again, copies)",
+        "rest of build_stream_event (copies)",
         (build_cost - id_cost - sig_cost).max(0.0),
     );
     step(
@@ -181,15 +200,24 @@ fn measure_one(msg: &Message, budget: Duration) -> Result<EventCost, String> {
         "parse [\"EVENT\", sub, ...]",
         time(budget, || RelayMessage::from_json(&to_receiver)),
     );
+    // A frame from the peer is proven by its MAC; JSON by id and signature.
     step(
         "receiver",
-        "check event id (pool)",
-        time(budget, || event.verify_id()),
+        "check event id (JSON only)",
+        if framed {
+            0.0
+        } else {
+            time(budget, || event.verify_id())
+        },
     );
     step(
         "receiver",
-        "check signature (pool)",
-        time(budget, || event.verify_signature()),
+        "check signature (JSON only)",
+        if framed {
+            0.0
+        } else {
+            time(budget, || event.verify_signature())
+        },
     );
     step(
         "receiver",
@@ -203,8 +231,14 @@ fn measure_one(msg: &Message, budget: Duration) -> Result<EventCost, String> {
     );
     step(
         "receiver",
-        "message JSON + base64 of data",
-        time(budget, || Message::from_json(json.as_bytes())),
+        "plaintext to message (frame, or JSON + base64)",
+        time(budget, || {
+            if framed {
+                frame::decode(&plain).map(|(m, _)| m).ok()
+            } else {
+                Message::from_json(&plain).ok()
+            }
+        }),
     );
     Ok(EventCost {
         payload_bytes: msg.data.len(),

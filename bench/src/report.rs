@@ -502,13 +502,24 @@ impl Report {
         foot.render(&mut out);
 
         out.push('\n');
-        let (d, a) = (&self.event_costs.data, &self.event_costs.ack);
-        let data_head = format!("DATA {} KiB", d.payload_bytes / 1024);
-        let mut costs = Table::new(&["CPU per event, one thread (us)", &data_head, "ACK"]);
-        for (sd, sa) in d.steps.iter().zip(&a.steps) {
+        let (d, j, a) = (
+            &self.event_costs.data,
+            &self.event_costs.data_json,
+            &self.event_costs.ack,
+        );
+        let data_head = format!("v3 DATA {} KiB", d.payload_bytes / 1024);
+        let json_head = format!("v2 DATA {} KiB", j.payload_bytes / 1024);
+        let mut costs = Table::new(&[
+            "CPU per event, one thread (us)",
+            &data_head,
+            &json_head,
+            "v3 ACK",
+        ]);
+        for ((sd, sj), sa) in d.steps.iter().zip(&j.steps).zip(&a.steps) {
             costs.row(vec![
                 format!("{:<8} {}", sd.at, sd.name),
                 format!("{:.1}", sd.micros),
+                format!("{:.1}", sj.micros),
                 format!("{:.1}", sa.micros),
             ]);
         }
@@ -516,12 +527,24 @@ impl Report {
             costs.row(vec![
                 format!("{at:<8} total"),
                 format!("{:.1}", d.total(at)),
+                format!("{:.1}", j.total(at)),
                 format!("{:.1}", a.total(at)),
             ]);
         }
+        let per_kib = |c: &crate::codec::EventCost| {
+            let all = c.total("sender") + c.total("relay") + c.total("receiver");
+            format!("{:.2}", all / (c.payload_bytes as f64 / 1024.0))
+        };
+        costs.row(vec![
+            "all three, per KiB of data (us)".into(),
+            per_kib(d),
+            per_kib(j),
+            "-".into(),
+        ]);
         costs.row(vec![
             "event content / wire frame (bytes)".into(),
             format!("{} / {}", d.content_bytes, d.wire_bytes),
+            format!("{} / {}", j.content_bytes, j.wire_bytes),
             format!("{} / {}", a.content_bytes, a.wire_bytes),
         ]);
         costs.render(&mut out);

@@ -161,6 +161,10 @@ struct ExitArgs {
     /// Answer every entry in the legacy format (as the reference exit does).
     #[arg(long)]
     legacy: bool,
+    /// Highest stream protocol version to accept: 3 (binary frames, the
+    /// default) or 2 (JSON, as earlier releases speak).
+    #[arg(long, default_value_t = nws_core::protocol::PROTOCOL_VERSION, value_parser = clap::value_parser!(u32).range(2..=3))]
+    stream_version: u32,
     /// Only this entry key (npub or hex) may open streams (repeatable; default: anyone).
     #[arg(long = "allow-entry")]
     allow_entries: Vec<String>,
@@ -232,6 +236,10 @@ struct EntryArgs {
     /// Speak the legacy format to every exit.
     #[arg(long)]
     legacy: bool,
+    /// Highest stream protocol version to offer: 3 (binary frames, the
+    /// default) or 2 (JSON, as earlier releases speak).
+    #[arg(long, default_value_t = nws_core::protocol::PROTOCOL_VERSION, value_parser = clap::value_parser!(u32).range(2..=3))]
+    stream_version: u32,
     /// Seconds to wait for relays and for the exit's answer.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
@@ -382,6 +390,7 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     }
     config.max_streams = args.max_streams;
     config.legacy = args.legacy;
+    config.stream.max_version = args.stream_version;
     config.max_streams_per_entry = args.max_streams_per_entry;
     config.max_new_streams_per_minute = args.max_new_streams_per_minute;
     config.replay_window = Duration::from_secs(args.replay_window);
@@ -453,6 +462,7 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
     }
     config.max_connections = args.max_connections;
     config.legacy_all = args.legacy;
+    config.stream.max_version = args.stream_version;
     config.connect_timeout = Duration::from_secs(args.connect_timeout);
     if let Some(f) = &args.key_file {
         let keys = keys::load_or_create_key_file(f)?;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use nostr::{Event, Keys, PublicKey};
 use tokio::sync::mpsc;
 
-use crate::protocol::{Cipher, CodecError, Message};
+use crate::protocol::{open_stream_event, Cipher, CodecError, Message, Sender};
 use crate::sync::lock;
 
 /// Messages a stream's inbox holds before further ones are dropped (the
@@ -57,15 +57,19 @@ pub struct Demux {
     /// entry talks to few exits again and again; an exit meets a new
     /// ephemeral author per stream and must not grow.
     keep_idle_authors: bool,
+    /// The side every author here speaks for (the entry, at an exit).
+    peer_side: Sender,
 }
 
 impl Demux {
-    /// A demultiplexer for events addressed to `keys`.
-    pub fn new(keys: Keys, keep_idle_authors: bool) -> Arc<Self> {
+    /// A demultiplexer for events addressed to `keys`, sent by peers on
+    /// `peer_side` (an exit's demultiplexer hears entries).
+    pub fn new(keys: Keys, keep_idle_authors: bool, peer_side: Sender) -> Arc<Self> {
         Arc::new(Self {
             keys,
             authors: Mutex::default(),
             keep_idle_authors,
+            peer_side,
         })
     }
 
@@ -87,7 +91,8 @@ impl Demux {
         Cipher::derive(self.keys.secret_key(), author)
     }
 
-    /// Opens `ev` and hands its message to the stream it belongs to.
+    /// Opens `ev`, proves its author ([`open_stream_event`]) and hands its
+    /// message to the stream it belongs to.
     pub fn route(&self, ev: &Event) -> Routed {
         let author = ev.pubkey;
         let cipher = match self.cipher_for(&author) {
@@ -97,7 +102,7 @@ impl Demux {
                 return Routed::Dropped;
             }
         };
-        let msg = match cipher.open(&ev.content) {
+        let msg = match open_stream_event(&cipher, ev, self.peer_side) {
             Ok(m) => m,
             Err(e) => {
                 log::warn!("event {} from {author}: {e}: dropped", ev.id);
@@ -205,7 +210,7 @@ mod tests {
     async fn routes_by_author_and_stream_key() {
         let exit = Keys::generate();
         let (a, b) = (Keys::generate(), Keys::generate());
-        let demux = Demux::new(exit.clone(), false);
+        let demux = Demux::new(exit.clone(), false, Sender::Entry);
         let cipher = demux.cipher_for(&a.public_key()).unwrap();
         let (mut rx, reg) = demux.register(a.public_key(), cipher, "k1");
         let data = Message::new("k1", MessageType::Data);
@@ -235,7 +240,7 @@ mod tests {
     fn events_that_do_not_open_are_dropped() {
         let exit = Keys::generate();
         let a = Keys::generate();
-        let demux = Demux::new(exit.clone(), true);
+        let demux = Demux::new(exit.clone(), true, Sender::Entry);
         let other = Keys::generate();
         // Sealed for another recipient: the MAC does not verify here.
         let ev = event_from(&a, &other, &Message::new("k", MessageType::Data));

@@ -23,12 +23,13 @@ use tokio::sync::mpsc;
 use crate::engine::{Dialect, Output, Stream};
 use crate::link::Link;
 use crate::pacing::Pacer;
-use crate::protocol::{Cipher, ErrorReason, Message};
+use crate::protocol::{open_stream_event, Cipher, ErrorReason, Message, Sender};
 use crate::stats::OpenSlot;
 
 /// Where a stream's incoming messages come from.
 pub(crate) enum Inbox {
-    /// Raw events routed to an entry stream's ephemeral key; opened here.
+    /// Raw events routed to an entry stream's ephemeral key; opened and
+    /// proven here ([`open_stream_event`]).
     // Only the entry makes these; an exit-only build still matches them.
     #[cfg_attr(not(feature = "entry"), allow(dead_code))]
     Events {
@@ -56,7 +57,7 @@ impl Inbox {
                     );
                     continue;
                 }
-                match cipher.open(&ev.content) {
+                match open_stream_event(cipher, &ev, Sender::Exit) {
                     Ok(m) => return Some(m),
                     Err(e) => log::warn!("event {}: {e}: dropped", ev.id),
                 }
@@ -260,7 +261,7 @@ async fn publish(
     if engine.dialect() == Dialect::Legacy && m.kind.is_data() {
         pacer.publish(link, m).await
     } else {
-        link.send(m).await
+        link.send_as(m, engine.framing()).await
     }
 }
 
@@ -355,7 +356,8 @@ where
     loop {
         let now = Instant::now();
         let limit = link.transport().content_limit(link.relays());
-        engine.limit_segment(crate::protocol::max_data_for_content(limit), now);
+        let fits = crate::protocol::max_data_for_content_in(limit, engine.framing());
+        engine.limit_segment(fits, now);
         if !pending.is_empty() && engine.send_capacity() > 0 {
             match engine.write(&pending, now) {
                 Ok(n) => {

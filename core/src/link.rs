@@ -4,7 +4,7 @@
 
 use nostr::{Event, Keys, PublicKey, RelayUrl};
 
-use crate::protocol::{build_stream_event, Cipher, CodecError, Message};
+use crate::protocol::{build_stream_event, Cipher, CodecError, Framing, Message};
 use crate::transport::{Transport, TransportError};
 
 /// Why a message did not go out.
@@ -65,7 +65,13 @@ impl Link {
     ///
     /// [`CodecError`] if the message is too large or signing fails.
     pub fn event(&self, msg: &Message) -> Result<Event, CodecError> {
-        let content = self.cipher.seal(msg)?;
+        self.event_as(msg, Framing::Json)
+    }
+
+    /// Like [`Link::event`], written in `framing` (the stream's, from
+    /// [`crate::engine::Stream::framing`]).
+    pub fn event_as(&self, msg: &Message, framing: Framing) -> Result<Event, CodecError> {
+        let content = self.cipher.seal_as(msg, framing)?;
         build_stream_event(&self.keys, &self.peer, content)
     }
 
@@ -77,7 +83,16 @@ impl Link {
     /// [`SendError::Codec`], or [`SendError::Transport`] when no relay took
     /// the event ([`SendError::is_path_down`]).
     pub async fn send(&self, msg: &Message) -> Result<(), SendError> {
-        let event = self.event(msg)?;
+        self.send_as(msg, Framing::Json).await
+    }
+
+    /// Like [`Link::send`], written in `framing`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Link::send`].
+    pub async fn send_as(&self, msg: &Message, framing: Framing) -> Result<(), SendError> {
+        let event = self.event_as(msg, framing)?;
         self.transport.publish(&event, &self.relays).await?;
         Ok(())
     }

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::nip11::EVENT_OVERHEAD_BYTES;
-use crate::path::socket::{Paths, RelaySockets};
+use crate::path::socket::{Paths, RelaySockets, StreamEvents};
 use crate::path::BASE_MESSAGE;
 use crate::protocol::{recipient, KIND_STREAM};
 
@@ -147,8 +147,9 @@ impl Transport {
     /// `AUTH`) with `keys`.
     pub fn with_auth_keys(keys: nostr::Keys) -> Self {
         let paths = Arc::new(Paths::default());
+        let events = Arc::new(StreamEvents::default());
         let mut builder = RelayPool::builder()
-            .websocket_transport(RelaySockets::new(Arc::clone(&paths)))
+            .websocket_transport(RelaySockets::new(Arc::clone(&paths), Arc::clone(&events)))
             .opts(RelayPoolOptions::new().notification_channel_size(NOTIFICATION_CHANNEL));
         builder.__signer = Some(Arc::new(keys));
         let pool = builder.build();
@@ -166,6 +167,12 @@ impl Transport {
             received: AtomicU64::new(0),
             paths,
             replay_window: AtomicU64::new(DEFAULT_REPLAY_WINDOW.as_secs()),
+        });
+        let weak = Arc::downgrade(&inner);
+        events.set(move |event| {
+            if let Some(inner) = weak.upgrade() {
+                route_stream_event(&inner, event);
+            }
         });
         let notifications = inner.pool.notifications();
         let task = tokio::spawn(run_router(Arc::downgrade(&inner), notifications));
@@ -556,42 +563,7 @@ async fn run_router(
                     }
                     continue;
                 }
-                let Some(to) = recipient(&event) else {
-                    log::debug!("event {} has no p tag: dropped", event.id);
-                    continue;
-                };
-                let window = inner.replay_window.load(Ordering::Relaxed);
-                let now = nostr::Timestamp::now().as_secs();
-                let age = now.abs_diff(event.created_at.as_secs());
-                if age > window {
-                    log::warn!(
-                        "event {} from {} is {age} s off the clock (window {window} s): dropped as a possible replay",
-                        event.id,
-                        event.pubkey
-                    );
-                    continue;
-                }
-                let mut routes = lock(&inner.routes);
-                if !routes.first_sight(event.id) {
-                    log::debug!("event {} seen before: dropped", event.id);
-                    continue;
-                }
-                match routes.streams.get(&to) {
-                    Some(tx) => {
-                        inner.received.fetch_add(1, Ordering::Relaxed);
-                        match tx.try_send(*event) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(ev)) => log::debug!(
-                                "event {} for {to}: receiver {ROUTE_CAPACITY} events behind, dropped",
-                                ev.id
-                            ),
-                            Err(mpsc::error::TrySendError::Closed(_)) => {
-                                routes.streams.remove(&to);
-                            }
-                        }
-                    }
-                    None => log::debug!("event {} for unknown recipient {to}: dropped", event.id),
-                }
+                route_stream_event(&inner, *event);
             }
             RelayPoolNotification::Message {
                 relay_url,
@@ -612,6 +584,51 @@ async fn run_router(
             RelayPoolNotification::Shutdown => return,
             _ => {}
         }
+    }
+}
+
+/// Hands a stream event to the route of its recipient (the first `p`
+/// tag), unless it is off the clock (replay window), seen before, or for
+/// nobody here. Events come straight from the relay sockets
+/// ([`StreamEvents`]), or from the pool for a frame the sockets could not
+/// parse; either way the receiver proves the author
+/// ([`crate::protocol::open_stream_event`]).
+fn route_stream_event(inner: &Inner, event: Event) {
+    let Some(to) = recipient(&event) else {
+        log::debug!("event {} has no p tag: dropped", event.id);
+        return;
+    };
+    let window = inner.replay_window.load(Ordering::Relaxed);
+    let now = nostr::Timestamp::now().as_secs();
+    let age = now.abs_diff(event.created_at.as_secs());
+    if age > window {
+        log::warn!(
+            "event {} from {} is {age} s off the clock (window {window} s): dropped as a possible replay",
+            event.id,
+            event.pubkey
+        );
+        return;
+    }
+    let mut routes = lock(&inner.routes);
+    if !routes.first_sight(event.id) {
+        log::debug!("event {} seen before: dropped", event.id);
+        return;
+    }
+    match routes.streams.get(&to) {
+        Some(tx) => {
+            inner.received.fetch_add(1, Ordering::Relaxed);
+            match tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => log::debug!(
+                    "event {} for {to}: receiver {ROUTE_CAPACITY} events behind, dropped",
+                    ev.id
+                ),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    routes.streams.remove(&to);
+                }
+            }
+        }
+        None => log::debug!("event {} for unknown recipient {to}: dropped", event.id),
     }
 }
 

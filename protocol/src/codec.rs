@@ -11,8 +11,9 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::nips::nip44::v2::{self as nip44v2, ConversationKey};
-use nostr::{Event, EventBuilder, Keys, PublicKey, SecretKey, Tag};
+use nostr::{Event, Keys, PublicKey, SecretKey, Tag, Tags, Timestamp, UnsignedEvent};
 
+use crate::frame::{self, Sender};
 use crate::message::{stream_kind, Message, MAX_PLAINTEXT};
 
 /// Errors turning event content into a [`Message`] and back.
@@ -39,6 +40,13 @@ pub enum CodecError {
         /// Limit in bytes.
         max: usize,
     },
+    /// The plaintext starts like a version-3 frame but is not one.
+    #[error("malformed version-3 frame: {0}")]
+    Frame(String),
+    /// A stream event's signature or id does not verify, and nothing else
+    /// proves its author (see [`open_stream_event`]).
+    #[error("the event's id or signature does not verify: {0}")]
+    Unverified(String),
     /// Signing the event failed.
     #[error("cannot sign the event: {0}")]
     Sign(String),
@@ -68,26 +76,50 @@ impl Cipher {
             .map_err(|e| CodecError::KeyDerivation(e.to_string()))
     }
 
-    /// Encrypts a message into event content (base64 of the NIP-44 v2 payload).
+    /// Encrypts a message as JSON into event content (base64 of the NIP-44
+    /// v2 payload): [`Cipher::seal_as`] with [`Framing::Json`].
     pub fn seal(&self, msg: &Message) -> Result<String, CodecError> {
-        let json = msg.to_json();
-        if json.len() > MAX_PLAINTEXT {
+        self.seal_as(msg, Framing::Json)
+    }
+
+    /// Encrypts a message into event content in `framing`: JSON (legacy and
+    /// version 2) or a version-3 binary frame ([`crate::frame`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::TooLarge`] over 65,408 bytes of plaintext,
+    /// [`CodecError::Frame`] for fields a frame cannot hold,
+    /// [`CodecError::Encrypt`].
+    pub fn seal_as(&self, msg: &Message, framing: Framing) -> Result<String, CodecError> {
+        let plain = match framing {
+            Framing::Json => msg.to_json().into_bytes(),
+            Framing::Binary(sender) => frame::encode(msg, sender)?,
+        };
+        if plain.len() > MAX_PLAINTEXT {
             return Err(CodecError::TooLarge {
-                size: json.len(),
+                size: plain.len(),
                 max: MAX_PLAINTEXT,
             });
         }
-        let payload = nip44v2::encrypt_to_bytes(&self.key, json.as_bytes())
+        let payload = nip44v2::encrypt_to_bytes(&self.key, &plain)
             .map_err(|e| CodecError::Encrypt(e.to_string()))?;
         Ok(BASE64.encode(payload))
     }
 
-    /// Decrypts event content and parses the message inside.
+    /// Decrypts event content and parses the message inside, whether JSON
+    /// or a version-3 frame: [`Cipher::open_framed`] without the sender.
+    pub fn open(&self, content: &str) -> Result<Message, CodecError> {
+        self.open_framed(content).map(|(m, _)| m)
+    }
+
+    /// Decrypts event content and parses the message inside; for a
+    /// version-3 frame also which peer sealed it (`None` for JSON, which
+    /// does not say).
     ///
     /// Errors: [`CodecError::Decrypt`] when the content is not base64, the payload's
     /// version byte is not 2 (NIP-44), or the MAC does not match; [`CodecError::Json`]
-    /// when the plaintext is not a message.
-    pub fn open(&self, content: &str) -> Result<Message, CodecError> {
+    /// or [`CodecError::Frame`] when the plaintext is not a message.
+    pub fn open_framed(&self, content: &str) -> Result<(Message, Option<Sender>), CodecError> {
         let payload = BASE64
             .decode(content.as_bytes())
             .map_err(|e| CodecError::Decrypt(format!("content is not base64: {e}")))?;
@@ -104,19 +136,80 @@ impl Cipher {
         }
         let plain = nip44v2::decrypt_to_bytes(&self.key, &payload)
             .map_err(|e| CodecError::Decrypt(e.to_string()))?;
-        Message::from_json(&plain)
+        if frame::is_frame(&plain) {
+            let (m, sender) = frame::decode(&plain)?;
+            return Ok((m, Some(sender)));
+        }
+        Message::from_json(&plain).map(|m| (m, None))
     }
+}
+
+/// How a message is written inside the NIP-44 payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The JSON message (legacy and version 2).
+    Json,
+    /// A version-3 binary frame, sealed by this side.
+    Binary(Sender),
+}
+
+/// Opens a stream event from `ev.pubkey` addressed to us and proves its
+/// author, the one way stream events are accepted (`docs/PROTOCOL.md`,
+/// "Authenticating stream events").
+///
+/// A version-3 frame whose sender bit names `peer_side`, other than
+/// `CONNECT` and `CONNECTR`, is accepted on its NIP-44 MAC alone: only the
+/// holders of our key or the author's can make the conversation key, and
+/// the bit (inside the MAC) says it was not our own event reflected back.
+/// Anything else (JSON of version 2 and legacy, every `CONNECT`) must also
+/// pass the event's id and Schnorr signature check (NIP-01).
+///
+/// # Errors
+///
+/// What [`Cipher::open_framed`] returns, or [`CodecError::Unverified`].
+pub fn open_stream_event(
+    cipher: &Cipher,
+    ev: &Event,
+    peer_side: Sender,
+) -> Result<Message, CodecError> {
+    let (msg, sender) = cipher.open_framed(&ev.content)?;
+    let opening = matches!(
+        msg.kind,
+        crate::message::MessageType::Connect | crate::message::MessageType::ConnectReverse
+    );
+    if sender == Some(peer_side) && !opening {
+        return Ok(msg);
+    }
+    if sender.is_some() && sender != Some(peer_side) {
+        return Err(CodecError::Unverified(format!(
+            "a frame sealed by the {:?} side came from the peer",
+            sender.unwrap_or(peer_side)
+        )));
+    }
+    ev.verify()
+        .map_err(|e| CodecError::Unverified(e.to_string()))?;
+    Ok(msg)
 }
 
 /// Signs a kind-28333 stream event carrying `content` to `recipient`
 /// (tag `["p", <recipient hex>]`), authored by `keys`.
+///
+/// The event id (NIP-01: SHA-256 of the serialized event) is computed once
+/// and signed; `EventBuilder` would compute it a second time to check it.
 pub fn build_stream_event(
     keys: &Keys,
     recipient: &PublicKey,
     content: String,
 ) -> Result<Event, CodecError> {
-    EventBuilder::new(stream_kind(), content)
-        .tag(Tag::public_key(*recipient))
+    let unsigned = UnsignedEvent {
+        id: None,
+        pubkey: keys.public_key(),
+        created_at: Timestamp::now(),
+        kind: stream_kind(),
+        tags: Tags::from_list(vec![Tag::public_key(*recipient)]),
+        content,
+    };
+    unsigned
         .sign_with_keys(keys)
         .map_err(|e| CodecError::Sign(e.to_string()))
 }

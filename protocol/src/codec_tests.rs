@@ -149,3 +149,96 @@ fn content_for_data_bounds_real_events_and_max_data_fits() {
     // A full default event fits the largest size streams use.
     assert!(max_data_for_content(56_000 - 600) >= DEFAULT_MAX_DATA_PER_EVENT);
 }
+
+/// An event from `from` to `to` carrying `msg` in `framing`, with its
+/// `created_at` changed after signing (id and signature no longer verify).
+fn tampered(from: &Keys, to: &Keys, msg: &Message, framing: Framing) -> nostr::Event {
+    let c = Cipher::derive(from.secret_key(), &to.public_key()).unwrap();
+    let mut ev =
+        build_stream_event(from, &to.public_key(), c.seal_as(msg, framing).unwrap()).unwrap();
+    ev.created_at = nostr::Timestamp::from_secs(ev.created_at.as_secs() + 1);
+    assert!(ev.verify().is_err());
+    ev
+}
+
+#[test]
+fn a_frame_from_the_peer_is_proven_by_its_mac_alone() {
+    let (entry, exit) = (Keys::generate(), Keys::generate());
+    let at_exit = Cipher::derive(exit.secret_key(), &entry.public_key()).unwrap();
+    let mut data = Message::new("k", MessageType::Data);
+    data.data = b"bytes".to_vec();
+    data.seq = Some(0);
+    // Sealed by the entry in a frame: accepted without the signature.
+    let ev = tampered(&entry, &exit, &data, Framing::Binary(Sender::Entry));
+    assert_eq!(
+        open_stream_event(&at_exit, &ev, Sender::Entry).unwrap(),
+        data
+    );
+    // The exit's own frame reflected back (the sender bit says exit): refused.
+    let ev = tampered(&entry, &exit, &data, Framing::Binary(Sender::Exit));
+    assert!(matches!(
+        open_stream_event(&at_exit, &ev, Sender::Entry),
+        Err(CodecError::Unverified(_))
+    ));
+    // JSON says nothing of its sender: the signature must verify.
+    let ev = tampered(&entry, &exit, &data, Framing::Json);
+    assert!(matches!(
+        open_stream_event(&at_exit, &ev, Sender::Entry),
+        Err(CodecError::Unverified(_))
+    ));
+    let c = Cipher::derive(entry.secret_key(), &exit.public_key()).unwrap();
+    let good = build_stream_event(&entry, &exit.public_key(), c.seal(&data).unwrap()).unwrap();
+    assert_eq!(
+        open_stream_event(&at_exit, &good, Sender::Entry).unwrap(),
+        data
+    );
+    // A CONNECT always needs its signature, even in a frame.
+    let connect = Message::new("k", MessageType::Connect);
+    let ev = tampered(&entry, &exit, &connect, Framing::Binary(Sender::Entry));
+    assert!(matches!(
+        open_stream_event(&at_exit, &ev, Sender::Entry),
+        Err(CodecError::Unverified(_))
+    ));
+    // Another key's frame does not open at all.
+    let stranger = Keys::generate();
+    let mut ev = tampered(&stranger, &exit, &data, Framing::Binary(Sender::Entry));
+    ev.pubkey = entry.public_key();
+    assert!(matches!(
+        open_stream_event(&at_exit, &ev, Sender::Entry),
+        Err(CodecError::Decrypt(_))
+    ));
+}
+
+#[test]
+fn a_full_frame_fits_the_padding_step_of_a_full_json_event() {
+    use crate::frame::Sender;
+    let c = Cipher::derive(
+        Keys::generate().secret_key(),
+        &Keys::generate().public_key(),
+    )
+    .unwrap();
+    let mut m = Message::new("3b1f09a8-2b10-4daa-880c-2a392e781f09", MessageType::Data);
+    m.seq = Some(u64::MAX);
+    m.ack = Some(u64::MAX);
+    m.window = Some(u64::MAX);
+    m.sack = Some(vec![[u64::MAX, u64::MAX]; 16]);
+    m.data = vec![1; MAX_FRAME_DATA_PER_EVENT];
+    let framed = c.seal_as(&m, Framing::Binary(Sender::Exit)).unwrap();
+    assert_eq!(
+        framed.len(),
+        content_for_frame_data(MAX_FRAME_DATA_PER_EVENT)
+    );
+    m.data = vec![1; DEFAULT_MAX_DATA_PER_EVENT];
+    let json = c.seal(&m).unwrap();
+    assert_eq!(framed.len(), json.len());
+    assert_eq!(framed.len(), 54_704);
+    assert_eq!(
+        max_data_for_content_in(56_000 - 600, Framing::Binary(Sender::Entry)),
+        MAX_FRAME_DATA_PER_EVENT
+    );
+    // A small cap: the frame carries more than JSON does in the same content.
+    assert!(
+        max_data_for_content_in(4_000 - 600, Framing::Binary(Sender::Entry))
+            > max_data_for_content(4_000 - 600) * 13 / 10
+    );
+}

@@ -7,7 +7,9 @@
 //! - [`message`]: event kinds, the JSON [`Message`] inside a stream event,
 //!   `ERROR` reasons ([`ErrorReason`]).
 //! - [`codec`]: NIP-44 v2 sealing of messages ([`Cipher`]) and the signed
-//!   kind-28333 stream event.
+//!   kind-28333 stream event; [`open_stream_event`] proves a stream
+//!   event's author.
+//! - [`frame`]: version 3's binary frame inside the NIP-44 payload.
 //! - [`names`]: `.nostr` domains, `npub1…` and `nprofile1…` hosts (NIP-19).
 //! - [`engine`]: the sans-IO stream engine (offsets, acknowledgements,
 //!   retransmission, flow control, close), and its legacy dialect.
@@ -23,6 +25,7 @@ pub mod addr;
 pub mod codec;
 pub mod credentials;
 pub mod engine;
+pub mod frame;
 pub mod http;
 pub mod message;
 pub mod names;
@@ -30,5 +33,6 @@ pub mod reverse;
 pub mod socks5;
 
 pub use addr::{AddrError, HostPort};
-pub use codec::{build_stream_event, recipient, Cipher, CodecError};
+pub use codec::{build_stream_event, open_stream_event, recipient, Cipher, CodecError, Framing};
+pub use frame::Sender;
 pub use message::*;

@@ -21,8 +21,16 @@ pub const KIND_EXIT_CERTIFICATE: u16 = 38334;
 /// Kind of an exit's TLS private key backup (NIP-44, exit to itself).
 pub const KIND_EXIT_KEY_BACKUP: u16 = 38335;
 
-/// The stream protocol version this implementation speaks (`docs/PROTOCOL.md`, "Version 2").
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The highest stream protocol version this implementation speaks
+/// (`docs/PROTOCOL.md`: "Version 2", and "Version 3 framing", which is
+/// version 2 with binary frames instead of JSON).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Largest number of stream bytes put into one version-3 frame, in bytes:
+/// the 40,960-byte NIP-44 padding step less the largest data header
+/// ([`crate::frame::MAX_DATA_HEADER`]). Its event content is 54,704
+/// characters, like a full version-2 event's, which carries 30,000.
+pub const MAX_FRAME_DATA_PER_EVENT: usize = 40_960 - crate::frame::MAX_DATA_HEADER;
 
 /// Largest number of stream bytes put into one event, in bytes.
 ///
@@ -60,14 +68,38 @@ pub fn content_for_data(data: usize) -> usize {
     payload.div_ceil(3) * 4
 }
 
-/// The most stream bytes one message may carry so that its event content
-/// stays within `content_limit` bytes ([`content_for_data`]), and at least
-/// 64.
+/// Length of the event content of a version-3 frame carrying `data`
+/// stream bytes, in bytes, at most (the header counted at its largest).
+pub fn content_for_frame_data(data: usize) -> usize {
+    let plain = data + crate::frame::MAX_DATA_HEADER;
+    let payload = 1 + 32 + 2 + nip44_padded(plain) + 32;
+    payload.div_ceil(3) * 4
+}
+
+/// The most stream bytes one JSON message may carry so that its event
+/// content stays within `content_limit` bytes ([`content_for_data`]), and
+/// at least 64.
 pub fn max_data_for_content(content_limit: usize) -> usize {
-    let (mut lo, mut hi) = (0usize, DEFAULT_MAX_DATA_PER_EVENT * 2);
+    max_data_in(content_limit, content_for_data)
+}
+
+/// Like [`max_data_for_content`] for messages written in `framing`: for
+/// version-3 frames, [`content_for_frame_data`], at most
+/// [`MAX_FRAME_DATA_PER_EVENT`].
+pub fn max_data_for_content_in(content_limit: usize, framing: crate::codec::Framing) -> usize {
+    match framing {
+        crate::codec::Framing::Json => max_data_for_content(content_limit),
+        crate::codec::Framing::Binary(_) => {
+            max_data_in(content_limit, content_for_frame_data).min(MAX_FRAME_DATA_PER_EVENT)
+        }
+    }
+}
+
+fn max_data_in(content_limit: usize, content_for: fn(usize) -> usize) -> usize {
+    let (mut lo, mut hi) = (0usize, MAX_PLAINTEXT);
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if content_for_data(mid) <= content_limit {
+        if content_for(mid) <= content_limit {
             lo = mid;
         } else {
             hi = mid - 1;

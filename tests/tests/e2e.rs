@@ -60,7 +60,7 @@ impl Path {
         };
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("exit.key");
-        let exit = NwsProcess::spawn(&[
+        let mut args = vec![
             "exit",
             "--relay",
             &url,
@@ -68,8 +68,14 @@ impl Path {
             key.to_str().unwrap(),
             "--backend",
             &backend_addr,
-        ])
-        .await;
+        ];
+        // Arguments after "--exit" are the exit's.
+        let (entry_args, exit_args) = match entry_args.iter().position(|a| *a == "--exit") {
+            Some(i) => (&entry_args[..i], &entry_args[i + 1..]),
+            None => (entry_args, &[][..]),
+        };
+        args.extend_from_slice(exit_args);
+        let exit = NwsProcess::spawn(&args).await;
         let mut args = vec![
             "entry",
             "--relay",
@@ -341,6 +347,46 @@ async fn legacy_entry_reaches_our_exit() {
         log.contains("legacy"),
         "exit should note the legacy stream:\n{log}"
     );
+}
+
+/// Peers meet at the lower of their stream versions: version 3 (binary
+/// frames) between two of ours, version 2 (JSON) when either side stops
+/// at 2, as earlier releases do; every byte arrives either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_stream_versions_meet_at_the_lower_one() {
+    for (entry_version, exit_version, spoken) in [("3", "2", 2), ("2", "3", 2), ("3", "3", 3)] {
+        let p = Path::start(
+            RelayKind::Embedded,
+            &[
+                "--stream-version",
+                entry_version,
+                "--exit",
+                "--stream-version",
+                exit_version,
+            ],
+        )
+        .await;
+        let out = curl(&["--socks5-hostname", p.socks(), &p.url("1m")]).await;
+        assert_eq!(out.status, 0, "{entry_version}/{exit_version}: {out:?}");
+        assert_eq!(sha256_hex(&out.stdout), p.backend.sha256("1m"));
+        // The framing each side writes in (`Framing`'s Debug form).
+        let (exit_framing, entry_framing) = if spoken == 3 {
+            ("Binary(Exit)", "Binary(Entry)")
+        } else {
+            ("Json", "Json")
+        };
+        let (exit_log, entry_log) = (p.exit.stderr(), p.entry.stderr());
+        assert!(
+            exit_log.contains(&format!("speaking version {spoken} ({exit_framing})")),
+            "{entry_version}/{exit_version}: exit log:\n{exit_log}"
+        );
+        assert!(
+            entry_log.contains(&format!(
+                "open, speaking version {spoken} ({entry_framing})"
+            )),
+            "{entry_version}/{exit_version}: entry log:\n{entry_log}"
+        );
+    }
 }
 
 /// npub and nprofile hosts route like the `.nostr` domain.

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nostr::{Keys, PublicKey, RelayUrl};
+use nostr::{PublicKey, RelayUrl};
 use tokio_util::sync::CancellationToken;
 
 use crate::demux::Demux;
@@ -21,7 +21,7 @@ use crate::engine::{Dialect, Output, Stream};
 use crate::link::Link;
 use crate::names::{encode_nostr_domain, parse_host, ExitAddress};
 use crate::pacing::Pacer;
-use crate::protocol::{Cipher, ErrorReason, HostPort, Message};
+use crate::protocol::{ErrorReason, HostPort, Message};
 use crate::stats::Stats;
 use crate::sync::lock;
 use crate::transport::{Transport, TransportError};
@@ -288,6 +288,12 @@ impl Entry {
             }
             Err(None) => return Err(OpenError::Timeout(timeout)),
         }
+        log::debug!(
+            "stream {}: open, speaking version {} ({:?})",
+            conn.key(),
+            conn.engine.version(),
+            conn.engine.framing()
+        );
         {
             let mut known = lock(&self.v2_exits);
             if conn.engine.dialect() == Dialect::V2 {
@@ -323,19 +329,20 @@ impl Entry {
         let peer = exit.public_key;
         match &self.demux {
             None => {
-                // A fresh key per stream: relays and exits cannot link streams.
-                let keys = Keys::generate();
-                let cipher = Cipher::derive(keys.secret_key(), &peer)?;
+                // A fresh key per stream: relays and exits cannot link
+                // streams. It is already subscribed (a spare) unless this
+                // is the first stream to the exit.
+                let fresh = self
+                    .subscriptions
+                    .take(&self.transport, peer, &relays)
+                    .await?;
+                let (keys, cipher) = (fresh.keys, fresh.cipher);
                 let rx = self.transport.route(keys.public_key());
-                let mut route = StreamRoute {
+                let route = StreamRoute {
                     transport: self.transport.clone(),
                     recipient: keys.public_key(),
-                    keys: Arc::default(),
+                    keys: fresh.subscribed,
                 };
-                route.keys = self
-                    .subscriptions
-                    .add(&self.transport, peer, &relays, keys.public_key())
-                    .await?;
                 let inbox = Inbox::Events {
                     rx,
                     cipher: cipher.clone(),

@@ -13,59 +13,172 @@ use std::sync::{Arc, Mutex};
 
 use nostr::{Keys, PublicKey, RelayUrl, SubscriptionId};
 
+use super::OpenError;
 use crate::demux::{Demux, Routed};
+use crate::protocol::Cipher;
 use crate::sync::lock;
 use crate::transport::{entry_stream_filter, Transport, TransportError};
 
 /// One subscription per exit (and relay set) for the answers to all of the
-/// entry's streams to it: `authors [exit]`, `#p [every open stream's key]`.
+/// entry's streams to it: `authors [exit]`, `#p [every open stream's key,
+/// and the spare keys]`.
 ///
 /// Relays cap subscriptions per connection (nostr-rs-relay at 32), so one
-/// REQ per stream would fail under load; instead each new stream re-sends
-/// the exit's REQ with the same id and the current keys, which replaces the
-/// filter (NIP-01) before the stream's `CONNECT` goes out on the same
-/// connection.
+/// REQ per stream would fail under load; instead the exit's REQ is re-sent
+/// with the same id and the current keys, which replaces the filter
+/// (NIP-01).
+///
+/// A new stream must not wait for that: each exit's subscription keeps
+/// [`SPARE_KEYS`] fresh keys (and their conversation keys with the exit)
+/// already in its filter. A stream takes one ([`ExitSubscriptions::take`])
+/// and sends its `CONNECT` at once; a replacement is made and subscribed in
+/// the background. Each key still serves one stream only, so streams stay
+/// unlinkable. Only the first stream to an exit subscribes before its
+/// `CONNECT` (on the same connection, so the relay knows the key first).
 #[derive(Default)]
 pub(crate) struct ExitSubscriptions {
-    by_exit: tokio::sync::Mutex<HashMap<(PublicKey, Vec<RelayUrl>), ExitSubscription>>,
+    by_exit: Arc<tokio::sync::Mutex<ByExit>>,
 }
+
+/// Each exit's subscription, by exit and relay set.
+type ByExit = HashMap<(PublicKey, Vec<RelayUrl>), ExitSubscription>;
+
+/// Fresh keys each exit's subscription holds ready for the next streams.
+pub(crate) const SPARE_KEYS: usize = 2;
 
 struct ExitSubscription {
     id: SubscriptionId,
-    keys: Arc<Mutex<HashSet<PublicKey>>>,
+    keys: SubscribedKeys,
+    /// Keys in the filter that no stream has used yet.
+    spares: Vec<(Keys, Cipher)>,
 }
 
 /// The recipient keys of one exit's subscription, shared with the streams'
 /// routes so that each removes itself when it ends.
 pub(crate) type SubscribedKeys = Arc<Mutex<HashSet<PublicKey>>>;
 
+/// A stream's fresh key, its conversation key with the exit, and the key
+/// set its route removes it from.
+pub(crate) struct FreshKey {
+    pub keys: Keys,
+    pub cipher: Cipher,
+    pub subscribed: SubscribedKeys,
+}
+
 impl ExitSubscriptions {
-    /// Adds `key` to the exit's subscription and re-sends it; returns the
-    /// key set the stream's route removes itself from.
+    /// A fresh key for a new stream to `exit`, already in the exit's
+    /// subscription on `relays`: a spare if there is one (replaced in the
+    /// background), else a new key subscribed now, with the spares.
+    pub(crate) async fn take(
+        &self,
+        transport: &Transport,
+        exit: PublicKey,
+        relays: &[RelayUrl],
+    ) -> Result<FreshKey, OpenError> {
+        let mut map = self.by_exit.lock().await;
+        let sub = map
+            .entry((exit, relays.to_vec()))
+            .or_insert_with(|| ExitSubscription {
+                id: SubscriptionId::generate(),
+                keys: Arc::default(),
+                spares: Vec::new(),
+            });
+        if let Some((keys, cipher)) = sub.spares.pop() {
+            let subscribed = sub.keys.clone();
+            drop(map);
+            self.replenish(transport, exit, relays);
+            return Ok(FreshKey {
+                keys,
+                cipher,
+                subscribed,
+            });
+        }
+        let keys = Keys::generate();
+        let cipher = Cipher::derive(keys.secret_key(), &exit)?;
+        lock(&sub.keys).insert(keys.public_key());
+        while sub.spares.len() < SPARE_KEYS {
+            sub.spares.push(new_spare(&exit, &sub.keys)?);
+        }
+        // Held across the REQ so that filters go out in the order they were made.
+        resubscribe(transport, sub, exit, relays).await?;
+        Ok(FreshKey {
+            keys,
+            cipher,
+            subscribed: sub.keys.clone(),
+        })
+    }
+
+    /// Makes spare keys for `exit` up to [`SPARE_KEYS`] and re-sends its
+    /// subscription, in the background.
+    fn replenish(&self, transport: &Transport, exit: PublicKey, relays: &[RelayUrl]) {
+        let by_exit = Arc::clone(&self.by_exit);
+        let transport = transport.clone();
+        let relays = relays.to_vec();
+        tokio::spawn(async move {
+            let mut map = by_exit.lock().await;
+            let Some(sub) = map.get_mut(&(exit, relays.clone())) else {
+                return;
+            };
+            while sub.spares.len() < SPARE_KEYS {
+                match new_spare(&exit, &sub.keys) {
+                    Ok(spare) => sub.spares.push(spare),
+                    Err(e) => {
+                        log::warn!("spare stream key for {exit}: {e}");
+                        return;
+                    }
+                }
+            }
+            if let Err(e) = resubscribe(&transport, sub, exit, &relays).await {
+                log::debug!("subscription for {exit} not re-sent: {e}");
+            }
+        });
+    }
+}
+
+/// A new spare key for `exit`, added to the subscribed key set.
+fn new_spare(exit: &PublicKey, subscribed: &SubscribedKeys) -> Result<(Keys, Cipher), OpenError> {
+    let keys = Keys::generate();
+    let cipher = Cipher::derive(keys.secret_key(), exit)?;
+    lock(subscribed).insert(keys.public_key());
+    Ok((keys, cipher))
+}
+
+/// Re-sends `sub`'s REQ with every key it holds now (NIP-01 replaces the filter).
+async fn resubscribe(
+    transport: &Transport,
+    sub: &ExitSubscription,
+    exit: PublicKey,
+    relays: &[RelayUrl],
+) -> Result<(), TransportError> {
+    let filter = entry_stream_filter(&exit, lock(&sub.keys).iter().copied());
+    transport
+        .subscribe_with_id(sub.id.clone(), filter, relays)
+        .await
+}
+
+/// The conversation key of a persistent entry key with `exit`'s streams is
+/// the demultiplexer's; this only makes sure the exit's subscription holds
+/// the key (sent once, before the first stream's `CONNECT`).
+impl ExitSubscriptions {
     pub(crate) async fn add(
         &self,
         transport: &Transport,
         exit: PublicKey,
         relays: &[RelayUrl],
         key: PublicKey,
-    ) -> Result<SubscribedKeys, TransportError> {
-        // Held across the REQ so two opens cannot send their filters out of order.
+    ) -> Result<(), TransportError> {
         let mut map = self.by_exit.lock().await;
         let sub = map
             .entry((exit, relays.to_vec()))
             .or_insert_with(|| ExitSubscription {
                 id: SubscriptionId::generate(),
-                keys: Arc::new(Mutex::new(HashSet::new())),
+                keys: Arc::default(),
+                spares: Vec::new(),
             });
-        let filter = {
-            let mut keys = lock(&sub.keys);
-            keys.insert(key);
-            entry_stream_filter(&exit, keys.iter().copied())
-        };
-        transport
-            .subscribe_with_id(sub.id.clone(), filter, relays)
-            .await?;
-        Ok(sub.keys.clone())
+        if !lock(&sub.keys).insert(key) {
+            return Ok(());
+        }
+        resubscribe(transport, sub, exit, relays).await
     }
 }
 
@@ -89,7 +202,7 @@ impl Drop for StreamRoute {
 /// Starts routing events addressed to a persistent entry key through a
 /// [`Demux`]; messages no stream claims are dropped with a log line.
 pub(crate) fn persistent_key_demux(transport: &Transport, keys: Keys) -> Arc<Demux> {
-    let demux = Demux::new(keys, true);
+    let demux = Demux::new(keys, true, crate::protocol::Sender::Exit);
     let mut rx = transport.route(demux.keys().public_key());
     let weak = Arc::downgrade(&demux);
     tokio::spawn(async move {

@@ -61,7 +61,7 @@ impl Server {
     ) -> Self {
         Self {
             tls,
-            demux: Demux::new(config.keys.clone(), false),
+            demux: Demux::new(config.keys.clone(), false, crate::protocol::Sender::Entry),
             config: Arc::new(config),
             transport,
             admission: Admission::default(),
@@ -212,6 +212,12 @@ impl Server {
         };
         if engine.dialect() == crate::engine::Dialect::Legacy {
             log::info!("stream {key}: legacy entry (CONNECT without version)");
+        } else {
+            log::debug!(
+                "stream {key}: speaking version {} ({:?})",
+                engine.version(),
+                engine.framing()
+            );
         }
         let link = self.link(author, cipher.clone());
         if let Some(reason) = self.admission(&author) {

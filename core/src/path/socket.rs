@@ -12,7 +12,11 @@
 //! - an event refused with `auth-required:` is sent again once the pool
 //!   has authenticated (NIP-42), and so is the prober's subscription;
 //! - the prober's own subscription, probes and their echoes never reach
-//!   the pool.
+//!   the pool;
+//! - stream events (kind 28333) go straight to [`StreamEvents`], past the
+//!   pool: the pool would check every id and signature, which a
+//!   version-3 frame does not need (`docs/PROTOCOL.md`, "Authenticating
+//!   stream events"), and copy each event twice.
 //!
 //! A writer task owns the socket's write half: it paces events when the
 //! relay asked for fewer ([`super::Pacer`]) and runs the size prober.
@@ -45,6 +49,47 @@ const MAX_WAITING: usize = 4096;
 const UNANSWERED_AFTER: Duration = Duration::from_secs(120);
 /// Bytes of refused events kept to send again after authentication.
 const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
+/// Where stream events read from any relay connection go (set once by the
+/// transport), unverified: the receiver proves each one
+/// ([`crate::protocol::open_stream_event`]).
+#[derive(Default)]
+pub struct StreamEvents {
+    sink: std::sync::OnceLock<Box<StreamSink>>,
+}
+
+type StreamSink = dyn Fn(nostr::Event) + Send + Sync;
+
+impl std::fmt::Debug for StreamEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamEvents")
+    }
+}
+
+impl StreamEvents {
+    /// Sets where stream events go; only the first call counts.
+    pub fn set(&self, sink: impl Fn(nostr::Event) + Send + Sync + 'static) {
+        let _ = self.sink.set(Box::new(sink));
+    }
+
+    /// Hands over an `["EVENT", <sub>, <event>]` frame if it carries a
+    /// stream event and a sink is set; false leaves it to the pool.
+    fn take(&self, text: &str) -> bool {
+        let Some(sink) = self.sink.get() else {
+            return false;
+        };
+        if field_num(text, "\"kind\":") != Some(KIND_STREAM) {
+            return false;
+        }
+        match serde_json::from_str::<(&str, serde::de::IgnoredAny, nostr::Event)>(text) {
+            Ok(("EVENT", _, event)) if event.kind.as_u16() == KIND_STREAM => {
+                sink(event);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Frames the pool may queue for the writer before its sink waits.
 const WRITER_QUEUE: usize = 64;
 /// How long the first control event may take to be answered before the
@@ -238,14 +283,17 @@ impl Paths {
 pub struct RelaySockets {
     paths: Arc<Paths>,
     tls: Arc<rustls::ClientConfig>,
+    events: Arc<StreamEvents>,
 }
 
 impl RelaySockets {
-    /// Sockets that record what they learn into `paths`.
-    pub fn new(paths: Arc<Paths>) -> Self {
+    /// Sockets that record what they learn into `paths` and hand stream
+    /// events to `events`.
+    pub fn new(paths: Arc<Paths>, events: Arc<StreamEvents>) -> Self {
         Self {
             paths,
             tls: crate::relay_tls::client_config(),
+            events,
         }
     }
 }
@@ -269,7 +317,7 @@ impl WebSocketTransport for RelaySockets {
             let (write, read) = ws.split();
             let path = self.paths.get(url.as_str());
             let (inject_tx, inject_rx) = mpsc::unbounded_channel();
-            let tap = Arc::new(Tap::new(path, inject_tx));
+            let tap = Arc::new(Tap::new(path, inject_tx, Arc::clone(&self.events)));
             let (to_writer, from_pool) = mpsc::channel(WRITER_QUEUE);
             tokio::spawn(writer(Arc::clone(&tap), from_pool, inject_rx, write));
             let sink: WebSocketSink = Box::new(PoolSink(PollSender::new(to_writer)));
@@ -394,6 +442,8 @@ struct Tap {
     wake: Notify,
     /// Frames the tap wants sent (resends after authentication).
     inject: mpsc::UnboundedSender<Arc<str>>,
+    /// Where stream events go past the pool.
+    events: Arc<StreamEvents>,
 }
 
 /// What becomes of a frame from the relay.
@@ -404,8 +454,13 @@ enum Verdict {
 }
 
 impl Tap {
-    fn new(path: Arc<PathState>, inject: mpsc::UnboundedSender<Arc<str>>) -> Self {
+    fn new(
+        path: Arc<PathState>,
+        inject: mpsc::UnboundedSender<Arc<str>>,
+        events: Arc<StreamEvents>,
+    ) -> Self {
         Self {
+            events,
             path,
             probe_keys: Keys::generate(),
             sub_id: format!("nws-path-{}", uuid::Uuid::new_v4().simple()),
@@ -464,6 +519,9 @@ impl Tap {
                 .map(|rest| rest.trim_start().trim_start_matches(',').trim_start())
                 .is_some_and(|rest| rest.starts_with(&format!("\"{}\"", self.sub_id)));
             if !ours {
+                if self.events.take(text) {
+                    return Verdict::Swallow;
+                }
                 return Verdict::Pass;
             }
             if let Some(id) = field_str(text, "\"id\":\"") {

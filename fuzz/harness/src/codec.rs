@@ -7,7 +7,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::nips::nip44::v2::{self as nip44v2, ConversationKey};
 use nostr::{Keys, SecretKey};
-use nws_protocol::{Cipher, CodecError, Message, MAX_PLAINTEXT};
+use nws_protocol::frame::{self, Sender};
+use nws_protocol::{Cipher, CodecError, Framing, Message, MAX_PLAINTEXT};
 
 /// Two fixed key pairs and the ciphers between them (derived once: ECDH is
 /// the slow part and says nothing new per input).
@@ -64,6 +65,44 @@ pub fn message_json(data: &[u8]) {
     }
 }
 
+/// Target `frame`: `data` as a decrypted version-3 frame
+/// (`nws_protocol::frame::decode`).
+///
+/// A frame that decodes encodes to a frame that decodes to the same message
+/// and sender, which survives sealing and opening unchanged; one that does
+/// not decode is an error, never a panic.
+pub fn frame(data: &[u8]) {
+    let Ok((msg, sender)) = frame::decode(data) else {
+        return;
+    };
+    let encoded = frame::encode(&msg, sender)
+        .unwrap_or_else(|e| panic!("a decoded message does not encode: {e}\n{msg:?}"));
+    let again = frame::decode(&encoded)
+        .unwrap_or_else(|e| panic!("own frame does not decode: {e}\n{msg:?}"));
+    assert_eq!(again, (msg.clone(), sender), "frame round trip changed the message");
+    let f = fixed();
+    match f.alice.seal_as(&msg, Framing::Binary(sender)) {
+        Ok(content) => {
+            let opened = f
+                .bob
+                .open_framed(&content)
+                .unwrap_or_else(|e| panic!("sealed frame does not open: {e}"));
+            assert_eq!(opened, (msg, Some(sender)), "seal/open changed the frame");
+        }
+        Err(CodecError::TooLarge { size, max }) => {
+            assert!(size > max && max == MAX_PLAINTEXT, "bogus TooLarge {size} {max}")
+        }
+        Err(e) => panic!("sealing a decoded frame failed: {e}"),
+    }
+    // The other sender bit is the only difference.
+    let other = match sender {
+        Sender::Entry => Sender::Exit,
+        Sender::Exit => Sender::Entry,
+    };
+    let flipped = frame::encode(&again.0, other).expect("encodes");
+    assert_eq!(frame::decode(&flipped).expect("decodes").1, other);
+}
+
 /// Target `nip44_open`: the first byte picks what the rest is.
 ///
 /// * 0: event content as text, opened as is;
@@ -87,9 +126,15 @@ pub fn nip44_open(data: &[u8]) {
             let Ok(payload) = nip44v2::encrypt_to_bytes(&f.key, rest) else {
                 return;
             };
+            // The plaintext is a version-3 frame or JSON, by its first byte.
+            let expected = if frame::is_frame(rest) {
+                frame::decode(rest).map(|(m, _)| m).ok()
+            } else {
+                Message::from_json(rest).ok()
+            };
             match f.bob.open(&BASE64.encode(&payload)) {
-                Ok(msg) => assert_eq!(Message::from_json(rest).ok(), Some(msg)),
-                Err(CodecError::Json(_)) => assert!(Message::from_json(rest).is_err()),
+                Ok(msg) => assert_eq!(expected, Some(msg)),
+                Err(CodecError::Json(_) | CodecError::Frame(_)) => assert!(expected.is_none()),
                 Err(e) => panic!("a properly sealed payload fails to decrypt: {e}"),
             }
         }

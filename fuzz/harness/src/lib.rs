@@ -7,6 +7,7 @@
 //! | target | what it feeds | invariants |
 //! |---|---|---|
 //! | [`message_json`] | decrypted message JSON (`Message::from_json`) | parse → serialize → parse is the identity; seal → open too |
+//! | [`frame`] | a decrypted version-3 binary frame (`frame::decode`) | decode → encode → decode is the identity, sender included; seal → open too |
 //! | [`nip44_open`] | event content (`Cipher::open`): text, base64 payloads, tampered sealed payloads | no panic; one changed byte never opens |
 //! | [`names`] | proxied host names (`parse_host`) | agrees with `is_nws_host`; case and trailing dot do not matter; `.nostr` and npub re-encode to the same exit |
 //! | [`socks5_request`] | a SOCKS5 client's bytes in fuzzed pieces (`socks5::Handshake`) | same result and bytes answered as a reference parser (RFC 1928/1929); a successful handshake uses exactly the client's messages |
@@ -22,7 +23,7 @@ mod names;
 pub mod seeds;
 mod socks5;
 
-pub use codec::{message_json, nip44_open};
+pub use codec::{frame, message_json, nip44_open};
 pub use engine::{engine, EngineInput, Op};
 pub use http::http_request;
 pub use names::names;
@@ -31,6 +32,7 @@ pub use socks5::socks5_request;
 /// The names of every target, as directories under `fuzz/corpus/`.
 pub const TARGETS: &[&str] = &[
     "message_json",
+    "frame",
     "nip44_open",
     "names",
     "socks5_request",
@@ -42,6 +44,7 @@ pub const TARGETS: &[&str] = &[
 pub fn run(name: &str, data: &[u8]) -> bool {
     match name {
         "message_json" => message_json(data),
+        "frame" => frame(data),
         "nip44_open" => nip44_open(data),
         "names" => names(data),
         "socks5_request" => socks5_request(data),

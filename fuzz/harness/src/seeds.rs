@@ -52,6 +52,10 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     };
     for (name, m) in messages() {
         add("message_json", name, m.to_json().into_bytes());
+        let frame = nws_protocol::frame::encode(&m, nws_protocol::frame::Sender::Exit)
+            .expect("seed messages encode");
+        add("frame", name, frame.clone());
+        add("nip44_open", &format!("frame-{name}"), [&[2u8][..], &frame].concat());
         let sealed = fixed().alice.seal(&m).expect("seal");
         add(
             "nip44_open",

@@ -35,6 +35,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::codec::Framing;
+use crate::frame::Sender;
 use crate::message::{ErrorReason, Message, MessageType, PROTOCOL_VERSION};
 
 mod congestion;
@@ -60,6 +62,14 @@ pub enum Dialect {
     /// The reference implementation's format (`docs/PROTOCOL.md`, "Legacy").
     Legacy,
 }
+
+/// Longest an exit's version-3 `CONNECTED` waits for the backend's first
+/// bytes to carry (when the request rode in the `CONNECT`).
+pub const CONNECTED_HOLD: Duration = Duration::from_millis(5);
+
+/// Once the backend's answer has begun while `CONNECTED` is held, how long
+/// it may wait for more (its end, say) to go in the same message.
+pub const DATA_HOLD: Duration = Duration::from_millis(1);
 
 /// Limits and timings of one stream.
 #[derive(Debug, Clone)]
@@ -92,12 +102,17 @@ pub struct StreamConfig {
     /// Keepalive pings in a row the peer may leave unanswered before the
     /// stream aborts with `timeout` (see the keepalive room).
     pub keepalive_pings: u32,
+    /// Highest stream protocol version this side offers (entry, in
+    /// `CONNECT`) or accepts (exit): 3 (the default, binary frames), or 2
+    /// (JSON only, as older peers of ours speak). The stream speaks the
+    /// lower of the two sides' versions.
+    pub max_version: u32,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         Self {
-            max_segment: crate::message::DEFAULT_MAX_DATA_PER_EVENT,
+            max_segment: crate::message::MAX_FRAME_DATA_PER_EVENT,
             min_segment: 1024,
             window: 512 * 1024,
             send_buffer: 256 * 1024,
@@ -108,6 +123,7 @@ impl Default for StreamConfig {
             max_rto: Duration::from_secs(8),
             give_up_after: Duration::from_secs(60),
             keepalive_pings: keepalive::MAX_PINGS,
+            max_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -177,6 +193,9 @@ pub struct Stream {
     side: Side,
     /// An entry that asked for v2 switches to legacy if the exit answers plain data.
     dialect: Dialect,
+    /// The version-2 dialect's version in use: 2 (JSON) or 3 (binary
+    /// frames); an entry speaks 2 until `CONNECTED` says 3.
+    version: u32,
     state: State,
     config: StreamConfig,
     destination: String,
@@ -184,6 +203,9 @@ pub struct Stream {
     recv: Recv,
     /// The `CONNECT` as sent, retransmitted until the exit answers (entry, v2).
     connect: Option<Message>,
+    /// Exit, version 3: `CONNECTED` waits (at most [`CONNECTED_HOLD`]) to
+    /// carry the backend's first bytes, one event instead of two.
+    connected_pending: bool,
     timers: TimerTable,
     keepalive: Keepalive,
     out: VecDeque<Output>,
@@ -228,7 +250,7 @@ impl Stream {
         if dialect == Dialect::Legacy {
             return (legacy::open(s, connect), 0);
         }
-        connect.version = Some(PROTOCOL_VERSION);
+        connect.version = Some(s.config.max_version.max(2));
         connect.window = Some(s.recv.window(&s.config));
         let taken = s.send.take_early(early, now);
         if taken > 0 {
@@ -244,7 +266,8 @@ impl Stream {
     /// Exit side: accepts a stream from a `CONNECT` message at `now`.
     ///
     /// The dialect follows the entry: `version` ≥ 2 means v2, none means
-    /// legacy. Bytes that ride in the `CONNECT` are delivered first. The driver
+    /// legacy; the stream speaks the lower of the entry's version and
+    /// [`StreamConfig::max_version`] (3: binary frames). Bytes that ride in the `CONNECT` are delivered first. The driver
     /// then dials and calls [`Stream::backend_connected`] or
     /// [`Stream::backend_failed`].
     pub fn accept(
@@ -267,6 +290,10 @@ impl Stream {
             connect.destination.clone(),
             now,
         );
+        if let Some(v) = connect.version {
+            s.version = v.min(s.config.max_version).max(2);
+            s.send.fin_rides = s.version >= 3;
+        }
         if let Some(w) = connect.window {
             s.send.peer_edge = w;
         }
@@ -290,12 +317,14 @@ impl Stream {
             key,
             side,
             dialect,
+            version: 2,
             state: State::Connecting,
             send: Send::new(&config, now),
             recv: Recv::new(&config),
             config,
             destination,
             connect: None,
+            connected_pending: false,
             timers: TimerTable::default(),
             keepalive: Keepalive::new(),
             out: VecDeque::new(),
@@ -310,6 +339,36 @@ impl Stream {
     /// The dialect in use.
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The stream protocol version in use: 2 or 3 for the version-2
+    /// dialect (3 only once both sides said so), 0 for legacy.
+    pub fn version(&self) -> u32 {
+        match self.dialect {
+            Dialect::Legacy => 0,
+            Dialect::V2 => self.version,
+        }
+    }
+
+    /// How this side writes its messages now: a version-3 binary frame once
+    /// both sides speak version 3, JSON otherwise.
+    pub fn framing(&self) -> Framing {
+        if self.version() >= 3 {
+            Framing::Binary(match self.side {
+                Side::Entry => Sender::Entry,
+                Side::Exit => Sender::Exit,
+            })
+        } else {
+            Framing::Json
+        }
+    }
+
+    /// Which peer this stream's messages come from.
+    pub fn peer_side(&self) -> Sender {
+        match self.side {
+            Side::Entry => Sender::Exit,
+            Side::Exit => Sender::Entry,
+        }
     }
 
     fn is_legacy(&self) -> bool {
@@ -403,6 +462,7 @@ impl Stream {
                 Timer::Coalesce,
                 Timer::Keepalive,
                 Timer::Pace,
+                Timer::ConnectedHold,
             ]),
         }
     }
@@ -430,7 +490,15 @@ impl Stream {
         // Bytes that rode in the CONNECT (0-RTT) wait until now; CONNECTED
         // then acknowledges them.
         self.drain_in_order(now);
-        self.send_connected();
+        if self.version >= 3 && self.recv.next > 0 {
+            // The request rode in the CONNECT: the answer's first bytes are
+            // likely soon, and CONNECTED rides with them (version 3).
+            self.connected_pending = true;
+            self.send.hold = true;
+            self.timers.set(Timer::ConnectedHold, now + CONNECTED_HOLD);
+        } else {
+            self.send_connected();
+        }
         self.transmit(now);
         self.sync_coalesce();
     }
@@ -454,6 +522,17 @@ impl Stream {
             return Ok(legacy::write(self, bytes));
         }
         let n = bytes.len().min(self.send_capacity());
+        if n > 0 && self.connected_pending {
+            // The answer has begun: it waits at most DATA_HOLD for its end.
+            let until = now + DATA_HOLD;
+            if self
+                .timers
+                .get(Timer::ConnectedHold)
+                .is_some_and(|t| t > until)
+            {
+                self.timers.set(Timer::ConnectedHold, until);
+            }
+        }
         if n > 0 {
             self.send.queue(&bytes[..n], now);
             self.transmit(now);
@@ -577,6 +656,9 @@ impl Stream {
         }
         if self.timers.is_expired(Timer::Pace, now) {
             self.timers.stop(Timer::Pace);
+        }
+        if self.timers.is_expired(Timer::ConnectedHold, now) {
+            self.end_connected_hold();
         }
         self.transmit_inner(now, true);
         self.sync_coalesce();

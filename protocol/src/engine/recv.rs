@@ -197,7 +197,10 @@ impl Recv {
             return Err(RecvError::CloseBeforeData { at: seq, highest });
         }
         self.fin_at = Some(seq);
-        self.ack_now = true;
+        if seq > self.next {
+            // Data is missing before it: report the gap at once.
+            self.ack_now = true;
+        }
         Ok(self.drain(open, now, cfg, timers))
     }
 
@@ -245,7 +248,9 @@ impl Recv {
             self.next += 1;
             self.pending.clear();
             self.pending_bytes = 0;
-            self.ack_now = true;
+            // Acknowledged after the short ack delay, like data: the local
+            // side often closes at once, and its CLOSE then carries it.
+            self.unacked_bytes += 1;
             delivery.finished = true;
         }
         if self.unacked_bytes > 0 {

@@ -134,6 +134,12 @@ pub(super) struct Send {
     pub(super) cc: Congestion,
     /// New data waits for the pacing timer.
     paced: bool,
+    /// Version 3: the `CLOSE` rides on the last data segment (the peer
+    /// reads a `CLOSE` with data as data then close).
+    pub(super) fin_rides: bool,
+    /// Exit, version 3, while `CONNECTED` is held: small data waits for
+    /// more, or the end, to go in one message (see `CONNECTED_HOLD`).
+    pub(super) hold: bool,
 }
 
 /// Bookkeeping: buffers, capacity, the open and the legacy fallback.
@@ -157,6 +163,8 @@ impl Send {
             max_segment: config.max_segment.max(1),
             ceiling: config.max_segment.max(1),
             path_down: false,
+            fin_rides: false,
+            hold: false,
             segments_sent: 0,
             segments_resent: 0,
             cc: Congestion::new(now),
@@ -297,7 +305,7 @@ impl Send {
                     .unsent_since
                     .is_some_and(|t| now >= t + cfg.coalesce_delay);
             if size < self.max_segment
-                && !self.in_flight.is_empty()
+                && (!self.in_flight.is_empty() || self.hold)
                 && !self.fin_queued
                 && !waited_enough
             {
@@ -315,7 +323,10 @@ impl Send {
             } else {
                 Some(now)
             };
-            self.push_segment(data, false, now, cfg, timers, tx);
+            // The close rides on the last bytes where the peer reads it so.
+            let fin = self.fin_rides && self.fin_queued && self.unsent.is_empty();
+            self.fin_sent |= fin;
+            self.push_segment(data, fin, now, cfg, timers, tx);
         }
         if self.fin_queued && !self.fin_sent && self.unsent.is_empty() {
             self.fin_sent = true;

@@ -64,16 +64,44 @@ pub fn open_pair(config: StreamConfig, t0: Instant) -> (Stream, Stream) {
         t0,
     );
     let connect = published(&drain(&mut entry)).remove(0);
-    assert_eq!(connect.version, Some(2));
-    let mut exit = Stream::accept(config, connect, t0).unwrap();
+    assert_eq!(connect.version, Some(config.max_version.max(2)));
+    let mut exit = Stream::accept(config.clone(), over_the_wire(&entry, connect), t0).unwrap();
     exit.backend_connected(t0);
     let outs = drain(&mut exit);
     assert!(outs.contains(&Output::Opened));
     for m in published(&outs) {
-        entry.handle_message(m, t0).unwrap();
+        entry.handle_message(over_the_wire(&exit, m), t0).unwrap();
     }
     assert_eq!(drain(&mut entry), vec![Output::Opened]);
+    assert_eq!(entry.version(), config.max_version.clamp(2, 3));
     (entry, exit)
+}
+
+/// `msg` as its peer reads it after `from` wrote it in its framing
+/// ([`Stream::framing`]): JSON or a version-3 frame, encoded and decoded.
+/// Panics if it does not come back the same, or with the wrong sender.
+pub fn over_the_wire(from: &Stream, msg: Message) -> Message {
+    let back = match from.framing() {
+        crate::codec::Framing::Json => Message::from_json(msg.to_json().as_bytes()).unwrap(),
+        crate::codec::Framing::Binary(sender) => {
+            let frame = crate::frame::encode(&msg, sender).unwrap();
+            let (back, got) = crate::frame::decode(&frame).unwrap();
+            assert_eq!(got, sender);
+            assert_ne!(got, from.peer_side());
+            back
+        }
+    };
+    // A data message written as plain SOCKS5RESPONSE comes back as DATA in a frame.
+    if msg.kind.is_data() {
+        assert!(back.kind.is_data());
+        assert_eq!(
+            (&back.data, back.seq, back.ack),
+            (&msg.data, msg.seq, msg.ack)
+        );
+        return msg;
+    }
+    assert_eq!(back, msg);
+    back
 }
 
 /// Hands everything the entry queued to the exit and the exit's answers
@@ -82,7 +110,7 @@ pub fn open_pair(config: StreamConfig, t0: Instant) -> (Stream, Stream) {
 /// (a stalled reader).
 pub fn exchange(entry: &mut Stream, exit: &mut Stream, now: Instant, exit_reads: bool) -> Vec<u8> {
     for m in published(&drain(entry)) {
-        exit.handle_message(m, now).unwrap();
+        exit.handle_message(over_the_wire(entry, m), now).unwrap();
     }
     let outs: Vec<Output> = if exit_reads {
         drain(exit)
@@ -90,7 +118,7 @@ pub fn exchange(entry: &mut Stream, exit: &mut Stream, now: Instant, exit_reads:
         std::iter::from_fn(|| exit.poll_output()).collect()
     };
     for m in published(&outs) {
-        entry.handle_message(m, now).unwrap();
+        entry.handle_message(over_the_wire(exit, m), now).unwrap();
     }
     delivered(&outs)
 }
@@ -404,6 +432,7 @@ pub fn run(
                 match o {
                     Output::Publish(m) => {
                         messages += 1;
+                        let m = over_the_wire(&ends[i], m);
                         queue.send(net, now, 1 - i, m);
                     }
                     Output::Deliver(d) => match reader {

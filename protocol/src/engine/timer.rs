@@ -21,10 +21,13 @@ pub(super) enum Timer {
     Keepalive,
     /// Paced data may go again.
     Pace,
+    /// Exit, version 3: `CONNECTED` stops waiting for the backend's first
+    /// bytes to ride with it and goes on its own.
+    ConnectedHold,
 }
 
 impl Timer {
-    const ALL: [Timer; 7] = [
+    const ALL: [Timer; 8] = [
         Timer::Connect,
         Timer::Retransmit,
         Timer::Ack,
@@ -32,6 +35,7 @@ impl Timer {
         Timer::Linger,
         Timer::Keepalive,
         Timer::Pace,
+        Timer::ConnectedHold,
     ];
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     keepalive, legacy, Delivery, ErrorReason, Message, MessageType, Output, RtoOutcome, Side,
-    State, Stream, Timer, Transmit, PROTOCOL_VERSION,
+    State, Stream, Timer, Transmit,
 };
 
 /// Opening, closing and the peer's messages.
@@ -17,7 +17,7 @@ impl Stream {
     /// not closed).
     pub(super) fn on_message(&mut self, msg: Message, now: Instant) {
         match msg.kind {
-            MessageType::Connected => self.on_connected(now),
+            MessageType::Connected => self.on_connected(msg.version, now),
             MessageType::Error => {
                 self.on_error(msg.reason.as_deref().unwrap_or(""));
                 return;
@@ -25,7 +25,11 @@ impl Stream {
             MessageType::Connect => {
                 // The entry did not hear our answer: say it again.
                 if self.side == Side::Exit && self.state != State::Connecting {
-                    self.send_connected();
+                    if self.connected_pending {
+                        self.release_connected();
+                    } else {
+                        self.send_connected();
+                    }
                 }
             }
             MessageType::Data | MessageType::Socks5Response => {
@@ -48,9 +52,12 @@ impl Stream {
         }
         let carries_data = msg.kind.is_data() || msg.kind == MessageType::Close;
         if carries_data || msg.kind == MessageType::Ack || msg.kind == MessageType::Ping {
-            // Data from a v2 exit proves the stream open even if CONNECTED was lost.
+            // Data from a v2 exit proves the stream open even if CONNECTED
+            // was lost, or was never sent: a version-3 exit's first data
+            // carries `version` instead (without it the stream speaks
+            // JSON, which a version-3 exit also reads).
             if self.state == State::Connecting && self.side == Side::Entry && msg.seq.is_some() {
-                self.on_connected(now);
+                self.on_connected(msg.version, now);
             }
         }
         if let Some(ack) = msg.ack {
@@ -69,6 +76,14 @@ impl Stream {
                 }
             },
             MessageType::Close => match msg.seq {
+                // Version 3: a CLOSE with data is the data, then the close.
+                Some(seq) if !msg.data.is_empty() => {
+                    let end = seq.saturating_add(msg.data.len() as u64);
+                    self.on_data(seq, msg.data, now);
+                    if self.state != State::Closed {
+                        self.on_fin(end, now);
+                    }
+                }
                 Some(seq) => self.on_fin(seq, now),
                 None => log::debug!("stream {}: CLOSE without seq ignored", self.key),
             },
@@ -119,15 +134,19 @@ impl Stream {
 
     pub(super) fn send_connected(&mut self) {
         let mut m = Message::new(self.key.clone(), MessageType::Connected);
-        m.version = Some(PROTOCOL_VERSION);
+        m.version = Some(self.version);
         m.ack = Some(self.recv.next);
         m.window = Some(self.recv.window(&self.config));
         self.out.push_back(Output::Publish(m));
         self.acknowledged_in_data();
     }
 
-    fn on_connected(&mut self, now: Instant) {
+    fn on_connected(&mut self, version: Option<u32>, now: Instant) {
         if self.side == Side::Entry && self.state == State::Connecting {
+            // The exit answers with the lower of its version and ours.
+            self.version = version
+                .unwrap_or(2)
+                .clamp(2, self.config.max_version.max(2));
             self.state = State::Open;
             self.connect = None;
             self.timers.stop(Timer::Connect);
@@ -178,6 +197,10 @@ impl Stream {
             // peer retrying until it gives up (TCP's TIME-WAIT).
             self.state = State::Lingering;
             self.timers.set(Timer::Linger, now + self.linger());
+            if self.timers.is_set(Timer::Ack) {
+                // Nothing of ours is left to carry the delayed one.
+                self.recv.ack_now = true;
+            }
         }
     }
 
@@ -310,14 +333,52 @@ impl Stream {
             return;
         }
         for t in tx {
-            let m = self.segment_message(t);
+            let mut m = self.segment_message(t);
+            if self.connected_pending {
+                if m.seq == Some(0) && matches!(m.kind, MessageType::Data | MessageType::Close) {
+                    // The backend's first bytes (and maybe its close) are
+                    // the answer: they carry `version` instead of a
+                    // CONNECTED of their own (version 3).
+                    m.version = Some(self.version);
+                    self.connected_pending = false;
+                    self.send.hold = false;
+                    self.timers.stop(Timer::ConnectedHold);
+                } else {
+                    self.release_connected();
+                }
+            }
             self.out.push_back(Output::Publish(m));
         }
         self.acknowledged_in_data();
     }
 
+    /// Sends the held `CONNECTED` on its own, if it is still held.
+    pub(super) fn release_connected(&mut self) {
+        if self.connected_pending {
+            self.connected_pending = false;
+            self.send.hold = false;
+            self.timers.stop(Timer::ConnectedHold);
+            self.send_connected();
+        }
+    }
+
+    /// The hold is over: data waiting goes now (carrying `version`), or,
+    /// with none, `CONNECTED` alone.
+    pub(super) fn end_connected_hold(&mut self) {
+        self.timers.stop(Timer::ConnectedHold);
+        self.send.hold = false;
+        if self.send.unsent.is_empty() {
+            self.release_connected();
+        }
+    }
+
     pub(super) fn flush_ack(&mut self) {
         if !self.recv.ack_now {
+            return;
+        }
+        if self.connected_pending {
+            // CONNECTED carries the acknowledgement.
+            self.release_connected();
             return;
         }
         let mut m = Message::new(self.key.clone(), MessageType::Ack);
@@ -332,7 +393,8 @@ impl Stream {
     }
 
     fn segment_message(&self, t: Transmit) -> Message {
-        let kind = if t.fin && t.data.is_empty() {
+        // A close with data exists only in version 3 (`Send::fin_rides`).
+        let kind = if t.fin {
             MessageType::Close
         } else {
             MessageType::Data

@@ -63,13 +63,15 @@ fn close_both_ways_lingers_then_ends() {
     for m in to_exit {
         exit.handle_message(m, t0).unwrap();
     }
+    // Done both ways, the exit acknowledges the entry's CLOSE at once.
+    let t1 = t0;
     for m in published(&drain(&mut exit)) {
-        entry.handle_message(m, t0).unwrap();
+        entry.handle_message(m, t1).unwrap();
     }
     drain(&mut entry);
     assert!(!entry.is_open() && !entry.is_closed(), "entry lingers");
     let linger = entry.poll_timeout().unwrap();
-    assert_eq!(linger, t0 + StreamConfig::default().give_up_after);
+    assert_eq!(linger, t1 + StreamConfig::default().give_up_after);
     entry.handle_timeout(linger);
     assert!(entry.is_closed());
     assert_eq!(entry.write(b"late", linger), Err(EngineError::WriteClosed));
@@ -469,7 +471,12 @@ fn first_bytes_ride_in_the_connect_and_are_acknowledged_by_connected() {
         "only the CONNECT, no separate data: {again:?}"
     );
     assert_eq!(again[0].data, connect.data);
-    let mut exit = Stream::accept(StreamConfig::default(), again[0].clone(), t1).unwrap();
+    // (A version-2 exit: version 3 would hold CONNECTED for the answer.)
+    let v2 = StreamConfig {
+        max_version: 2,
+        ..Default::default()
+    };
+    let mut exit = Stream::accept(v2, again[0].clone(), t1).unwrap();
     exit.backend_connected(t1);
     let outs = drain(&mut exit);
     assert_eq!(delivered(&outs), b"GET / HTTP/1.1\r\n\r\n");
@@ -594,4 +601,183 @@ fn unknown_stream_from_a_restarted_peer_aborts_the_stream() {
     assert!(entry.is_closed());
     // Nothing is sent back: an ERROR never answers an ERROR.
     assert!(published(&outs).is_empty());
+}
+
+#[test]
+fn versions_meet_at_the_lower_one_and_frames_follow() {
+    use crate::codec::Framing;
+    use crate::frame::Sender;
+    let t0 = Instant::now();
+    for (entry_v, exit_v, spoken) in [(3, 3, 3), (3, 2, 2), (2, 3, 2), (2, 2, 2)] {
+        let mut ec = cfg(100);
+        ec.max_version = entry_v;
+        let mut xc = cfg(100);
+        xc.max_version = exit_v;
+        let mut entry = Stream::open(ec, "k".into(), "x.nostr:80".into(), Dialect::V2, t0);
+        let connect = published(&drain(&mut entry)).remove(0);
+        assert_eq!(connect.version, Some(entry_v));
+        // CONNECT is JSON whatever the entry speaks: the exit may be older.
+        assert_eq!(entry.framing(), Framing::Json);
+        let mut exit = Stream::accept(xc, over_the_wire(&entry, connect), t0).unwrap();
+        exit.backend_connected(t0);
+        assert_eq!(exit.version(), spoken);
+        let answers = published(&drain(&mut exit));
+        assert_eq!(answers[0].kind, MessageType::Connected);
+        assert_eq!(answers[0].version, Some(spoken));
+        for m in answers {
+            entry.handle_message(over_the_wire(&exit, m), t0).unwrap();
+        }
+        assert_eq!(entry.version(), spoken, "{entry_v}/{exit_v}");
+        let (to_exit, to_entry) = if spoken == 3 {
+            (
+                Framing::Binary(Sender::Entry),
+                Framing::Binary(Sender::Exit),
+            )
+        } else {
+            (Framing::Json, Framing::Json)
+        };
+        assert_eq!((entry.framing(), exit.framing()), (to_exit, to_entry));
+        entry.write(b"ping", t0).unwrap();
+        entry.finish(t0);
+        exit.write(b"pong", t0).unwrap();
+        exit.finish(t0);
+        let got_at_exit = exchange(&mut entry, &mut exit, t0, true);
+        let got_at_entry = delivered(&drain(&mut entry));
+        assert_eq!(got_at_exit, b"ping");
+        assert_eq!(got_at_entry, b"pong");
+    }
+}
+
+/// An entry and a version-3 exit whose CONNECT carried `request` (0-RTT),
+/// the backend connected at `t0`; the CONNECT as sent.
+fn opened_with_request(request: &[u8], t0: Instant) -> (Stream, Stream, Message) {
+    let (mut entry, taken) = Stream::open_early(
+        cfg(1000),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        request,
+        t0,
+    );
+    assert_eq!(taken, request.len());
+    let connect = published(&drain(&mut entry)).remove(0);
+    let mut exit = Stream::accept(cfg(1000), connect.clone(), t0).unwrap();
+    exit.backend_connected(t0);
+    let outs = drain(&mut exit);
+    // The request is delivered; CONNECTED waits for the answer.
+    assert!(outs.contains(&Output::Opened));
+    assert_eq!(delivered(&outs), request);
+    assert!(published(&outs).is_empty(), "{outs:?}");
+    assert_eq!(exit.poll_timeout(), Some(t0 + CONNECTED_HOLD));
+    (entry, exit, connect)
+}
+
+#[test]
+fn a_version_3_answer_is_one_event_with_its_close() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit, connect) = opened_with_request(b"GET / HTTP/1.1\r\n\r\n", t0);
+    exit.write(b"HTTP/1.1 200 OK\r\n\r\n", t0).unwrap();
+    // The answer waits a moment for its end ...
+    assert!(published(&drain(&mut exit)).is_empty());
+    assert_eq!(exit.poll_timeout(), Some(t0 + DATA_HOLD));
+    exit.finish(t0);
+    // ... and goes with it: data, close, version and acknowledgement in one.
+    let answer = published(&drain(&mut exit));
+    assert_eq!(answer.len(), 1, "one event: {answer:?}");
+    let m = &answer[0];
+    assert_eq!(m.kind, MessageType::Close);
+    assert_eq!((m.version, m.seq, m.ack), (Some(3), Some(0), Some(18)));
+    assert_eq!(m.data, b"HTTP/1.1 200 OK\r\n\r\n");
+    entry
+        .handle_message(over_the_wire(&exit, m.clone()), t0)
+        .unwrap();
+    let outs = drain(&mut entry);
+    assert_eq!(outs[0], Output::Opened);
+    assert_eq!(delivered(&outs), b"HTTP/1.1 200 OK\r\n\r\n");
+    assert!(outs.contains(&Output::PeerFinished));
+    assert_eq!(entry.version(), 3);
+    // The entry's own close carries its acknowledgement of all that.
+    entry.finish(t0);
+    let close = published(&drain(&mut entry));
+    assert_eq!(close.len(), 1, "{close:?}");
+    assert_eq!(
+        (close[0].kind.clone(), close[0].ack),
+        (MessageType::Close, Some(20))
+    );
+    // A retransmitted CONNECT is answered by a plain CONNECTED.
+    exit.handle_message(connect, t0).unwrap();
+    let again = published(&drain(&mut exit));
+    assert_eq!(again[0].kind, MessageType::Connected);
+}
+
+#[test]
+fn an_answer_that_does_not_end_goes_after_the_data_hold() {
+    let t0 = Instant::now();
+    let (mut entry, mut exit, _) = opened_with_request(b"GET / HTTP/1.1\r\n\r\n", t0);
+    exit.write(b"HTTP/1.1 200 OK\r\n", t0).unwrap();
+    let t1 = exit.poll_timeout().unwrap();
+    assert_eq!(t1, t0 + DATA_HOLD);
+    exit.handle_timeout(t1);
+    let answer = published(&drain(&mut exit));
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0].kind, MessageType::Data);
+    assert_eq!(answer[0].version, Some(3));
+    entry
+        .handle_message(over_the_wire(&exit, answer[0].clone()), t1)
+        .unwrap();
+    let outs = drain(&mut entry);
+    assert_eq!(outs[0], Output::Opened);
+    assert_eq!(delivered(&outs), b"HTTP/1.1 200 OK\r\n");
+    // Later data flows as usual, and the close rides on the last of it.
+    exit.write(b"body", t1).unwrap();
+    exit.finish(t1);
+    let rest = published(&drain(&mut exit));
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(
+        (rest[0].kind.clone(), rest[0].seq),
+        (MessageType::Close, Some(17))
+    );
+    assert_eq!(rest[0].version, None);
+}
+
+#[test]
+fn a_held_connected_goes_alone_when_the_backend_is_slow() {
+    let t0 = Instant::now();
+    let (mut entry, _) = Stream::open_early(
+        cfg(1000),
+        "k".into(),
+        "x.nostr:80".into(),
+        Dialect::V2,
+        b"GET /slow HTTP/1.1\r\n\r\n",
+        t0,
+    );
+    let connect = published(&drain(&mut entry)).remove(0);
+    let mut exit = Stream::accept(cfg(1000), connect, t0).unwrap();
+    exit.backend_connected(t0);
+    assert!(published(&drain(&mut exit)).is_empty());
+    let t1 = exit.poll_timeout().unwrap();
+    exit.handle_timeout(t1);
+    let answer = published(&drain(&mut exit));
+    assert_eq!(answer.len(), 1);
+    assert_eq!(answer[0].kind, MessageType::Connected);
+    assert_eq!(answer[0].ack, Some(22));
+    // Without 0-RTT bytes there is nothing to wait for, and a version-2
+    // stream never holds it.
+    for (early, version) in [(&b""[..], 3), (&b"GET"[..], 2)] {
+        let mut c = cfg(1000);
+        c.max_version = version;
+        let (mut e, _) = Stream::open_early(
+            c.clone(),
+            "k".into(),
+            "x.nostr:80".into(),
+            Dialect::V2,
+            early,
+            t0,
+        );
+        let connect = published(&drain(&mut e)).remove(0);
+        let mut x = Stream::accept(c, connect, t0).unwrap();
+        x.backend_connected(t0);
+        let answer = published(&drain(&mut x));
+        assert_eq!(answer[0].kind, MessageType::Connected, "{version}");
+    }
 }
