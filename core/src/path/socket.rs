@@ -330,8 +330,83 @@ impl WebSocketTransport for RelaySockets {
     }
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<QuickAck>>;
+
+/// A relay's TCP connection that acknowledges every segment it reads at
+/// once (Linux and Android `TCP_QUICKACK`, which the kernel clears again
+/// by itself, so it is set after every read).
+///
+/// Relays that leave Nagle's algorithm on (nostr-rs-relay does) hold a
+/// small frame while an earlier one is unacknowledged; with delayed
+/// acknowledgements here that cost about 40 ms per request (an `OK`, then
+/// the exit's answer right behind it).
+struct QuickAck(tokio::net::TcpStream);
+
+impl QuickAck {
+    fn quick_ack(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use std::os::fd::AsRawFd;
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket and a c_int option of the right size;
+            // failure only means the kernel acknowledges as it would anyway.
+            unsafe {
+                libc::setsockopt(
+                    self.0.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    std::ptr::addr_of!(one).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.quick_ack();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
 
 async fn open(
     url: &Url,
@@ -351,6 +426,8 @@ async fn open(
     } else {
         tokio_tungstenite::Connector::Plain
     };
+    let tcp = QuickAck(tcp);
+    tcp.quick_ack();
     let (ws, _) =
         tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, None, Some(connector))
             .await?;
