@@ -359,7 +359,7 @@ async fn slow_reader_keeps_memory_bounded() {
         before.1,
         after.1
     );
-    // A stream's buffers are bounded by its window (512 KiB) and send
+    // A stream's buffers are bounded by its window (1 MiB) and send
     // buffer (256 KiB) on each side; the rest is allocator slack from
     // moving 50 MiB through 55 KiB events.
     // Zero-window probes time out again and again while the reader is

@@ -114,7 +114,7 @@ impl Default for StreamConfig {
         Self {
             max_segment: crate::message::MAX_FRAME_DATA_PER_EVENT,
             min_segment: 1024,
-            window: 512 * 1024,
+            window: 1024 * 1024,
             send_buffer: 256 * 1024,
             ack_delay: Duration::from_millis(20),
             coalesce_delay: Duration::from_millis(2),
