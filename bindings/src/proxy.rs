@@ -388,6 +388,26 @@ impl NwsProxy {
         .await
     }
 
+    /// Tell the proxy that the device's network changed (Wi-Fi to cellular,
+    /// back online): relays that are not connected are tried again at once
+    /// instead of after their reconnection backoff (which grows from
+    /// 0.5 s to 60 s while a relay stays unreachable). Does nothing while
+    /// the proxy is stopped. Call it from Android's
+    /// `ConnectivityManager.NetworkCallback` or iOS's `NWPathMonitor`.
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::Internal`] only if the runtime failed.
+    pub async fn network_changed(self: Arc<Self>) -> Result<(), NwsError> {
+        run(async move {
+            if let Some(entry) = self.entry().await {
+                entry.network_changed();
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The state and counters now (relay counts ask the relay pool).
     ///
     /// # Errors

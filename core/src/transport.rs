@@ -8,8 +8,12 @@
 //! de-duplicate ephemeral events that arrive through several relays, so the
 //! router drops repeated event ids (bounded cache) before they reach a stream.
 //!
-//! Relays that drop the connection are reconnected by the pool every
-//! [`RETRY_INTERVAL`], and their subscriptions are sent again.
+//! Relays that drop the connection (or cannot be reached) are reconnected
+//! with exponential backoff, from [`RETRY_MIN`] doubling to [`RETRY_MAX`],
+//! back to the start after a connection succeeds or when the app says the
+//! network changed ([`Transport::network_changed`]); their subscriptions
+//! are sent again. An offline phone's radio is thus woken less and less,
+//! not every 2 s.
 
 use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -31,7 +35,9 @@ use crate::path::BASE_MESSAGE;
 use crate::protocol::{recipient, KIND_STREAM};
 
 /// How often a disconnected relay is retried.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+pub const RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between reconnection attempts to one relay.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Default replay window: events further than this from now are dropped.
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(60);
 /// How many event ids the router remembers to drop duplicates.
@@ -120,6 +126,10 @@ struct Inner {
     /// Events whose `created_at` is further than this from now, in
     /// seconds, are dropped (replay protection).
     replay_window: AtomicU64,
+    /// Wakes the relay supervisors: reconnect now ([`Transport::network_changed`]).
+    network_changed: Arc<tokio::sync::Notify>,
+    /// Set by [`Transport::shutdown`]: supervisors stop reconnecting.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// A connection to a set of relays, shared by every stream of an entry or exit.
@@ -167,6 +177,8 @@ impl Transport {
             received: AtomicU64::new(0),
             paths,
             replay_window: AtomicU64::new(DEFAULT_REPLAY_WINDOW.as_secs()),
+            network_changed: Arc::new(tokio::sync::Notify::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&inner);
         events.set(move |event| {
@@ -183,9 +195,8 @@ impl Transport {
     /// Adds relays (if new) and starts connecting to them; returns at once.
     pub async fn add_relays(&self, relays: &[RelayUrl]) -> Result<(), TransportError> {
         for url in relays {
-            let opts = RelayOptions::new()
-                .retry_interval(RETRY_INTERVAL)
-                .adjust_retry_interval(false);
+            // The pool does not reconnect by itself: `supervise` does, with backoff.
+            let opts = RelayOptions::new().reconnect(false);
             let added = self
                 .inner
                 .pool
@@ -194,6 +205,14 @@ impl Transport {
                 .map_err(|e| TransportError::Pool(e.to_string()))?;
             if added {
                 log::debug!("relay {url}: added");
+                if let Ok(relay) = self.inner.pool.relay(url).await {
+                    tokio::spawn(supervise(
+                        Arc::downgrade(&self.inner),
+                        Arc::clone(&self.inner.network_changed),
+                        relay.clone(),
+                        relay.notifications(),
+                    ));
+                }
                 self.inner
                     .pool
                     .connect_relay(url.clone())
@@ -519,7 +538,17 @@ impl Transport {
     }
 
     /// Disconnects from every relay and stops the router.
+    /// The device's network changed (or came back): every relay not
+    /// connected now is tried again at once, with its backoff reset.
+    pub fn network_changed(&self) {
+        self.inner.network_changed.notify_waiters();
+    }
+
     pub async fn shutdown(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.network_changed.notify_waiters();
         self.inner.pool.shutdown().await;
         if let Some(task) = lock(&self.inner.router).take() {
             task.abort();
@@ -582,6 +611,60 @@ async fn run_router(
                 }
             }
             RelayPoolNotification::Shutdown => return,
+            _ => {}
+        }
+    }
+}
+
+/// Keeps one relay connected: when its connection ends (or an attempt
+/// fails), waits [`RETRY_MIN`], then twice as long after each failure up
+/// to [`RETRY_MAX`], and connects again; a connection that succeeds, or
+/// [`Transport::network_changed`], starts the backoff over. Ends with the
+/// transport.
+async fn supervise(
+    inner: std::sync::Weak<Inner>,
+    network_changed: Arc<tokio::sync::Notify>,
+    relay: nostr_sdk::Relay,
+    mut status: broadcast::Receiver<nostr_sdk::pool::RelayNotification>,
+) {
+    use nostr_sdk::pool::RelayNotification;
+    use nostr_sdk::RelayStatus;
+    let mut backoff = RETRY_MIN;
+    loop {
+        let n = match status.recv().await {
+            Ok(n) => n,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match n {
+            RelayNotification::RelayStatus {
+                status: RelayStatus::Connected,
+            } => backoff = RETRY_MIN,
+            RelayNotification::RelayStatus {
+                status: RelayStatus::Terminated,
+            } => {
+                match inner.upgrade() {
+                    Some(i) if !i.shutting_down.load(Ordering::Relaxed) => {}
+                    _ => return,
+                }
+                let woken = network_changed.notified();
+                log::debug!("relay {}: reconnecting in {backoff:?}", relay.url());
+                let reset = tokio::select! {
+                    _ = tokio::time::sleep(backoff) => false,
+                    _ = woken => true,
+                };
+                match inner.upgrade() {
+                    Some(i) if !i.shutting_down.load(Ordering::Relaxed) => {}
+                    _ => return,
+                }
+                backoff = if reset {
+                    RETRY_MIN
+                } else {
+                    (backoff * 2).min(RETRY_MAX)
+                };
+                relay.connect();
+            }
+            RelayNotification::Shutdown => return,
             _ => {}
         }
     }

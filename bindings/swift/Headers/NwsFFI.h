@@ -312,6 +312,11 @@ uint64_t uniffi_nws_fn_constructor_nwsproxy_new(RustBuffer config, RustCallStatu
 RustBuffer uniffi_nws_fn_method_nwsproxy_info(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_NETWORK_CHANGED
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_NETWORK_CHANGED
+uint64_t uniffi_nws_fn_method_nwsproxy_network_changed(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_OPEN_STREAM
 #define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_OPEN_STREAM
 uint64_t uniffi_nws_fn_method_nwsproxy_open_stream(uint64_t ptr, RustBuffer destination
@@ -708,6 +713,12 @@ uint16_t uniffi_nws_checksum_method_proxylistener_on_log(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_INFO
 #define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_INFO
 uint16_t uniffi_nws_checksum_method_nwsproxy_info(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_NETWORK_CHANGED
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_NETWORK_CHANGED
+uint16_t uniffi_nws_checksum_method_nwsproxy_network_changed(void
     
 );
 #endif

@@ -126,6 +126,13 @@ impl Entry {
         self.transport.relay_counts().await
     }
 
+    /// The device's network changed: relays not connected are tried again
+    /// at once, their reconnection backoff reset
+    /// ([`Transport::network_changed`]).
+    pub fn network_changed(&self) {
+        self.transport.network_changed();
+    }
+
     /// Stream events published and received (see [`Transport::event_counts`]).
     pub fn event_counts(&self) -> (u64, u64) {
         self.transport.event_counts()

@@ -625,6 +625,20 @@ public protocol NwsProxyProtocol: AnyObject, Sendable {
     func info()  -> ProxyInfo?
     
     /**
+     * Tell the proxy that the device's network changed (Wi-Fi to cellular,
+     * back online): relays that are not connected are tried again at once
+     * instead of after their reconnection backoff (which grows from
+     * 0.5 s to 60 s while a relay stays unreachable). Does nothing while
+     * the proxy is stopped. Call it from Android's
+     * `ConnectivityManager.NetworkCallback` or iOS's `NWPathMonitor`.
+     *
+     * # Errors
+     *
+     * [`NwsError::Internal`] only if the runtime failed.
+     */
+    func networkChanged() async throws 
+    
+    /**
      * Opens a stream through the running proxy's relays to `destination`,
      * `host:port` where host is an NWS name, for bytes without a proxy
      * client. Counted in [`status`](NwsProxy::status); closed by `stop()`.
@@ -785,6 +799,34 @@ open func info() -> ProxyInfo?  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Tell the proxy that the device's network changed (Wi-Fi to cellular,
+     * back online): relays that are not connected are tried again at once
+     * instead of after their reconnection backoff (which grows from
+     * 0.5 s to 60 s while a relay stays unreachable). Does nothing while
+     * the proxy is stopped. Call it from Android's
+     * `ConnectivityManager.NetworkCallback` or iOS's `NWPathMonitor`.
+     *
+     * # Errors
+     *
+     * [`NwsError::Internal`] only if the runtime failed.
+     */
+open func networkChanged()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_nws_fn_method_nwsproxy_network_changed(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_nws_rust_future_poll_void,
+            completeFunc: ffi_nws_rust_future_complete_void,
+            freeFunc: ffi_nws_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeNwsError_lift
+        )
 }
     
     /**
@@ -2864,6 +2906,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_method_nwsproxy_info() != 45198) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nws_checksum_method_nwsproxy_network_changed() != 51061) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_method_nwsproxy_open_stream() != 48649) {

@@ -726,6 +726,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_nws_checksum_method_nwsproxy_info(
     ): Int
+    external fun uniffi_nws_checksum_method_nwsproxy_network_changed(
+    ): Int
     external fun uniffi_nws_checksum_method_nwsproxy_open_stream(
     ): Int
     external fun uniffi_nws_checksum_method_nwsproxy_restart(
@@ -789,6 +791,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_nws_fn_method_nwsproxy_info(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_nws_fn_method_nwsproxy_network_changed(`ptr`: Long,
+    ): Long
     external fun uniffi_nws_fn_method_nwsproxy_open_stream(`ptr`: Long,`destination`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_nws_fn_method_nwsproxy_restart(`ptr`: Long,
@@ -966,6 +970,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_method_nwsproxy_info() and 0xFFFF) != 45198) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nws_checksum_method_nwsproxy_network_changed() and 0xFFFF) != 51061) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_method_nwsproxy_open_stream() and 0xFFFF) != 48649) {
@@ -1518,6 +1525,20 @@ public interface NwsProxyInterface {
     fun `info`(): ProxyInfo?
     
     /**
+     * Tell the proxy that the device's network changed (Wi-Fi to cellular,
+     * back online): relays that are not connected are tried again at once
+     * instead of after their reconnection backoff (which grows from
+     * 0.5 s to 60 s while a relay stays unreachable). Does nothing while
+     * the proxy is stopped. Call it from Android's
+     * `ConnectivityManager.NetworkCallback` or iOS's `NWPathMonitor`.
+     *
+     * # Errors
+     *
+     * [`NwsError::Internal`] only if the runtime failed.
+     */
+    suspend fun `networkChanged`()
+    
+    /**
      * Opens a stream through the running proxy's relays to `destination`,
      * `host:port` where host is an NWS name, for bytes without a proxy
      * client. Counted in [`status`](NwsProxy::status); closed by `stop()`.
@@ -1733,6 +1754,40 @@ open class NwsProxy: Disposable, AutoCloseable, NwsProxyInterface
     )
     }
     
+
+    
+    /**
+     * Tell the proxy that the device's network changed (Wi-Fi to cellular,
+     * back online): relays that are not connected are tried again at once
+     * instead of after their reconnection backoff (which grows from
+     * 0.5 s to 60 s while a relay stays unreachable). Does nothing while
+     * the proxy is stopped. Call it from Android's
+     * `ConnectivityManager.NetworkCallback` or iOS's `NWPathMonitor`.
+     *
+     * # Errors
+     *
+     * [`NwsError::Internal`] only if the runtime failed.
+     */
+    @Throws(NwsException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `networkChanged`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_nws_fn_method_nwsproxy_network_changed(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_nws_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_nws_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_nws_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        NwsException.ErrorHandler,
+    )
+    }
 
     
     /**
