@@ -1,10 +1,13 @@
 //! The HTTP client: one hyper 1 HTTP/1.1 connection per request, either
-//! straight to the backend (the direct-TCP baseline) or to the entry's HTTP
-//! proxy with an absolute-form request (`GET http://<name>.nostr/small`),
-//! which the entry carries as one new NWS stream.
+//! straight to the backend (the direct-TCP baseline), to the entry's HTTP
+//! proxy with an absolute-form request (`GET http://<name>.nostr/small`), or
+//! through the entry's SOCKS5 port (RFC 1928 `CONNECT` to the domain name
+//! `<name>.nostr` port 80, unresolved, with RFC 1929 username/password) and
+//! then an origin-form request (`GET /small`). Through the entry each request
+//! is one new NWS stream.
 //!
-//! Each request measures time to first byte (from before the TCP connect
-//! until the response head is parsed) and total time (until the last body
+//! Each request measures time to first byte (from before the TCP connect,
+//! so including any SOCKS5 handshake, until the response head is parsed) and total time (until the last body
 //! byte), and checks the body byte for byte.
 
 use std::net::SocketAddr;
@@ -15,20 +18,45 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_socks::tcp::Socks5Stream;
 
 use crate::backend::{BulkData, ChunkedBody, SMALL_BODY};
+
+/// The port a SOCKS5 request asks the entry for (the `.nostr` name's HTTP
+/// port).
+const SOCKS_TARGET_PORT: u16 = 80;
 
 /// Where requests go.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The TCP address to connect to (backend or entry proxy).
     pub connect: SocketAddr,
-    /// The origin's authority (`Host` header; in the URI when proxied).
+    /// The origin's authority (`Host` header; in the URI when through an
+    /// HTTP proxy; the SOCKS5 target host name through a SOCKS5 proxy).
     pub authority: String,
-    /// Whether `connect` is an HTTP proxy (absolute-form request target).
-    pub proxied: bool,
-    /// `Proxy-Authorization` header value, if the proxy wants one.
-    pub proxy_auth: Option<String>,
+    /// How the request reaches the origin from `connect`.
+    pub route: Route,
+}
+
+/// How a [`Target`]'s requests reach the origin.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// `connect` is the origin itself (origin-form request target).
+    Direct,
+    /// `connect` is an HTTP proxy (absolute-form request target).
+    HttpProxy {
+        /// `Proxy-Authorization` header value, if the proxy wants one.
+        auth: Option<String>,
+    },
+    /// `connect` is a SOCKS5 proxy, asked for the authority's host name
+    /// (not resolved locally) on port 80 with username/password
+    /// authentication (RFC 1929); then an origin-form request.
+    Socks5 {
+        /// The RFC 1929 user name.
+        username: String,
+        /// The RFC 1929 password.
+        password: String,
+    },
 }
 
 impl Target {
@@ -37,8 +65,7 @@ impl Target {
         Self {
             connect: addr,
             authority: addr.to_string(),
-            proxied: false,
-            proxy_auth: None,
+            route: Route::Direct,
         }
     }
 
@@ -50,8 +77,24 @@ impl Target {
         Self {
             connect: proxy,
             authority: host.to_string(),
-            proxied: true,
-            proxy_auth: credentials.map(|c| format!("Basic {}", STANDARD.encode(c))),
+            route: Route::HttpProxy {
+                auth: credentials.map(|c| format!("Basic {}", STANDARD.encode(c))),
+            },
+        }
+    }
+
+    /// Requests to `host` port 80 through the SOCKS5 proxy at `proxy`,
+    /// authenticating with `credentials` (`user:pass`, split at the first
+    /// colon).
+    pub fn via_socks5(proxy: SocketAddr, host: &str, credentials: &str) -> Self {
+        let (username, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+        Self {
+            connect: proxy,
+            authority: host.to_string(),
+            route: Route::Socks5 {
+                username: username.to_string(),
+                password: password.to_string(),
+            },
         }
     }
 }
@@ -70,7 +113,8 @@ pub enum Expect {
 /// The timings of one successful request.
 #[derive(Debug, Clone, Copy)]
 pub struct Fetched {
-    /// The TCP connect alone (a dropped SYN shows here as about 1 s).
+    /// The TCP connect alone, without any SOCKS5 handshake (a dropped SYN
+    /// shows here as about 1 s).
     pub connect: Duration,
     /// From before the TCP connect until the response head was parsed.
     pub ttfb: Duration,
@@ -108,14 +152,25 @@ async fn fetch_inner(
         .map_err(|e| format!("connect {}: {e}", target.connect))?;
     let connect = start.elapsed();
     let _ = tcp.set_nodelay(true);
+    let tcp = match &target.route {
+        Route::Socks5 { username, password } => Socks5Stream::connect_with_password_and_socket(
+            tcp,
+            (target.authority.as_str(), SOCKS_TARGET_PORT),
+            username,
+            password,
+        )
+        .await
+        .map_err(|e| format!("socks5 connect via {}: {e}", target.connect))?
+        .into_inner(),
+        Route::Direct | Route::HttpProxy { .. } => tcp,
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, ReqBody>(TokioIo::new(tcp))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let conn_task = tokio::spawn(conn);
-    let uri = if target.proxied {
-        format!("http://{}{path}", target.authority)
-    } else {
-        path.to_string()
+    let uri = match &target.route {
+        Route::HttpProxy { .. } => format!("http://{}{path}", target.authority),
+        Route::Direct | Route::Socks5 { .. } => path.to_string(),
     };
     let (method, body) = match upload {
         Some(data) => (Method::POST, Either::Right(ChunkedBody::new(data))),
@@ -125,7 +180,7 @@ async fn fetch_inner(
         .method(method)
         .uri(uri)
         .header(hyper::header::HOST, &target.authority);
-    if let Some(auth) = &target.proxy_auth {
+    if let Route::HttpProxy { auth: Some(auth) } = &target.route {
         builder = builder.header("proxy-authorization", auth);
     }
     let req = builder.body(body).map_err(|e| format!("request: {e}"))?;

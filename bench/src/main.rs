@@ -4,9 +4,10 @@
 //! default), an HTTP backend (in this process), and the real `nws exit` and
 //! `nws entry` as child processes, then measures in one run:
 //!
-//! * time to first byte of a small GET through the entry's HTTP proxy, a new
-//!   stream each (median, p90, p99), beside a direct TCP fetch from the same
-//!   backend and a raw event echo through the same relay;
+//! * time to first byte of a small GET through the entry's HTTP proxy and
+//!   through its SOCKS5 port, a new stream each (median, p90, p99), beside a
+//!   direct TCP fetch from the same backend and a raw event echo through the
+//!   same relay;
 //! * bulk download and upload throughput, beside direct TCP;
 //! * many concurrent streams: how many succeed, median and p99 completion;
 //! * stream events per MiB and CPU seconds per MiB of entry and exit;
@@ -203,10 +204,35 @@ fn write_key(path: &Path, keys: &Keys) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Which way the sequential small requests go.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// Straight to the backend.
+    Direct,
+    /// Through the entry's HTTP proxy port.
+    NwsHttp,
+    /// Through the entry's SOCKS5 port.
+    NwsSocks5,
+}
+
+impl Via {
+    /// The name used in error messages.
+    fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::NwsHttp => "NWS",
+            Via::NwsSocks5 => "NWS via SOCKS5",
+        }
+    }
+}
+
 /// What every phase needs.
 struct Bench {
     data: BulkData,
+    /// Through the entry's HTTP proxy (also used by bulk and concurrency).
     nws: Target,
+    /// Through the entry's SOCKS5 port (time to first byte only).
+    socks: Target,
     direct: Target,
     counter: Arc<EventCounter>,
     entry: NwsProcess,
@@ -253,8 +279,12 @@ impl Bench {
     }
 
     /// `count` sequential requests for `/small`, a new connection each.
-    async fn ttfb(&mut self, nws: bool, count: usize) -> (Summary, usize) {
-        let target = if nws { &self.nws } else { &self.direct };
+    async fn ttfb(&mut self, via: Via, count: usize) -> (Summary, usize) {
+        let target = match via {
+            Via::Direct => &self.direct,
+            Via::NwsHttp => &self.nws,
+            Via::NwsSocks5 => &self.socks,
+        };
         let mut samples = Vec::with_capacity(count);
         let mut failed = 0;
         let mut first_error = None;
@@ -268,9 +298,9 @@ impl Bench {
             }
         }
         if let Some(e) = first_error {
-            let via = if nws { "NWS" } else { "direct" };
             self.errors.push(format!(
-                "time to first byte ({via}): {failed} of {count} failed, first: {e}"
+                "time to first byte ({}): {failed} of {count} failed, first: {e}",
+                via.name()
             ));
         }
         (Summary::of(&samples), failed)
@@ -476,7 +506,7 @@ async fn run(args: Args) -> Result<Report, String> {
             "--relay".into(),
             url.clone(),
             "--socks".into(),
-            "off".into(),
+            "127.0.0.1:0".into(),
             "--http".into(),
             "127.0.0.1:0".into(),
             "--auth".into(),
@@ -489,8 +519,12 @@ async fn run(args: Args) -> Result<Report, String> {
         .value("http")?
         .parse()
         .map_err(|e| format!("entry printed a bad http address: {e}"))?;
+    let socks: SocketAddr = entry
+        .value("socks5")?
+        .parse()
+        .map_err(|e| format!("entry printed a bad socks5 address: {e}"))?;
     progress!(
-        "exit pid {}, entry pid {} (http proxy {proxy}), host {host}",
+        "exit pid {}, entry pid {} (http proxy {proxy}, socks5 {socks}), host {host}",
         exit.pid(),
         entry.pid()
     );
@@ -498,6 +532,7 @@ async fn run(args: Args) -> Result<Report, String> {
     let mut bench = Bench {
         data,
         nws: Target::via_proxy(proxy, &host, Some(&credentials)),
+        socks: Target::via_socks5(socks, &host, &credentials),
         direct: Target::direct(backend.addr()),
         counter,
         entry,
@@ -552,8 +587,10 @@ async fn run(args: Args) -> Result<Report, String> {
             bench.exit.log_tail()
         ));
     }
-    for _ in 0..WARMUP_REQUESTS {
-        let _ = fetch(&bench.nws, "/small", None, &Expect::Small, SMALL_TIMEOUT).await;
+    for target in [&bench.nws, &bench.socks] {
+        for _ in 0..WARMUP_REQUESTS {
+            let _ = fetch(target, "/small", None, &Expect::Small, SMALL_TIMEOUT).await;
+        }
     }
 
     let mut ttfb = Ttfb::default();
@@ -569,11 +606,20 @@ async fn run(args: Args) -> Result<Report, String> {
         }
     }
     progress!("time to first byte, direct, {} requests", params.requests);
-    (ttfb.direct, ttfb.direct_failed) = bench.ttfb(false, params.requests).await;
+    (ttfb.direct, ttfb.direct_failed) = bench.ttfb(Via::Direct, params.requests).await;
     progress!("time to first byte, NWS, {} requests", params.requests);
     let before = bench.counter.read();
-    (ttfb.nws, ttfb.nws_failed) = bench.ttfb(true, params.requests).await;
+    (ttfb.nws, ttfb.nws_failed) = bench.ttfb(Via::NwsHttp, params.requests).await;
     ttfb.nws_events_per_request =
+        bench.counter.read().since(&before).total() as f64 / params.requests as f64;
+    bench.check_alive()?;
+    progress!(
+        "time to first byte, NWS via SOCKS5, {} requests",
+        params.requests
+    );
+    let before = bench.counter.read();
+    (ttfb.socks5, ttfb.socks5_failed) = bench.ttfb(Via::NwsSocks5, params.requests).await;
+    ttfb.socks5_events_per_request =
         bench.counter.read().since(&before).total() as f64 / params.requests as f64;
     bench.check_alive()?;
 
@@ -647,18 +693,12 @@ async fn run(args: Args) -> Result<Report, String> {
     let ratios = Ratios {
         ttfb_median_over_echo: ratio(ttfb.nws.median_ms, ttfb.echo.median_ms),
         ttfb_p99_over_echo: ratio(ttfb.nws.p99_ms, ttfb.echo.p99_ms),
+        ttfb_socks5_median_over_echo: ratio(ttfb.socks5.median_ms, ttfb.echo.median_ms),
+        ttfb_socks5_p99_over_echo: ratio(ttfb.socks5.p99_ms, ttfb.echo.p99_ms),
         download_over_direct: ratio(download.nws_mib_s, download.direct_mib_s),
         upload_over_direct: ratio(upload.nws_mib_s, upload.direct_mib_s),
     };
-    let targets = check_targets(
-        &params,
-        &ttfb,
-        &ratios,
-        &download,
-        &upload,
-        &concurrent,
-        &footprint,
-    );
+    let targets = check_targets(&params, &ttfb, &download, &upload, &concurrent, &footprint);
     Ok(Report {
         version: env!("CARGO_PKG_VERSION"),
         machine,
@@ -691,7 +731,6 @@ async fn run(args: Args) -> Result<Report, String> {
 fn check_targets(
     params: &Params,
     ttfb: &Ttfb,
-    ratios: &Ratios,
     download: &Transfer,
     upload: &Transfer,
     concurrent: &Concurrent,
@@ -709,19 +748,38 @@ fn check_targets(
         }),
         met: over_floor.map(|r| r <= TTFB_OVER_FLOOR_TARGET && ttfb.nws_failed == 0),
     });
-    let p90 = ratio(ttfb.nws.p90_ms, ttfb.echo.p90_ms);
+    // Median and p90 over the echo's, for each port (None: no samples).
+    let over_echo = |s: &Summary| -> Option<(f64, f64)> {
+        if s.count == 0 {
+            return None;
+        }
+        ratio(s.median_ms, ttfb.echo.median_ms).zip(ratio(s.p90_ms, ttfb.echo.p90_ms))
+    };
+    let ports = [
+        ("http", over_echo(&ttfb.nws), ttfb.nws_failed),
+        ("socks5", over_echo(&ttfb.socks5), ttfb.socks5_failed),
+    ];
+    let measured: Vec<String> = ports
+        .iter()
+        .map(|(name, r, _)| match r {
+            Some((m, p)) => format!("{name} {m:.2}x / {p:.2}x"),
+            None => format!("{name} -"),
+        })
+        .collect();
+    // The worse of the two ports; not measured if neither has samples.
+    let worst = ports
+        .iter()
+        .filter_map(|(_, r, _)| r.map(|(m, p)| m.max(p)))
+        .reduce(f64::max);
+    let all_answered = ports
+        .iter()
+        .all(|(_, r, failed)| r.is_some() && *failed == 0);
     out.push(TargetCheck {
         target: format!(
-            "time to first byte, median and p90 <= {TTFB_OVER_ECHO_TARGET}x relay echo's"
+            "time to first byte, median and p90 <= {TTFB_OVER_ECHO_TARGET}x relay echo's (HTTP and SOCKS5)"
         ),
-        measured: match (ratios.ttfb_median_over_echo, p90) {
-            (Some(m), Some(p)) => format!("{m:.2}x / {p:.2}x"),
-            _ => "-".into(),
-        },
-        met: ratios
-            .ttfb_median_over_echo
-            .zip(p90)
-            .map(|(m, p)| m.max(p) <= TTFB_OVER_ECHO_TARGET && ttfb.nws_failed == 0),
+        measured: measured.join(", "),
+        met: worst.map(|w| w <= TTFB_OVER_ECHO_TARGET && all_answered),
     });
     for (name, t) in [("download", download), ("upload", upload)] {
         out.push(TargetCheck {

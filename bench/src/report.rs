@@ -23,7 +23,8 @@ pub struct Report {
     pub relay: RelayInfo,
     /// The run's parameters.
     pub params: Params,
-    /// Time to first byte of a small GET, new stream each.
+    /// Time to first byte of a small GET, new stream each, through the
+    /// entry's HTTP proxy and SOCKS5 ports.
     pub ttfb: Ttfb,
     /// Bulk download (`GET /bulk`) through NWS and directly.
     pub download: Transfer,
@@ -85,13 +86,18 @@ pub struct Params {
     pub idle_secs: u64,
 }
 
-/// Time to first byte: NWS, and the two baselines.
+/// Time to first byte: NWS through each entry port, and the two baselines.
 #[derive(Debug, Default, Serialize)]
 pub struct Ttfb {
-    /// Through the entry, new stream each.
+    /// Through the entry's HTTP proxy, new stream each.
     pub nws: Summary,
-    /// Failed NWS requests.
+    /// Failed NWS requests through the HTTP proxy.
     pub nws_failed: usize,
+    /// Through the entry's SOCKS5 port (including the SOCKS5 handshake),
+    /// new stream each.
+    pub socks5: Summary,
+    /// Failed NWS requests through the SOCKS5 port.
+    pub socks5_failed: usize,
     /// Straight to the backend, new TCP connection each.
     pub direct: Summary,
     /// Failed direct requests.
@@ -100,8 +106,10 @@ pub struct Ttfb {
     pub echo: Summary,
     /// Echo rounds without an answer.
     pub echo_lost: usize,
-    /// Stream events per NWS request (both ways).
+    /// Stream events per NWS request through the HTTP proxy (both ways).
     pub nws_events_per_request: f64,
+    /// Stream events per NWS request through the SOCKS5 port (both ways).
+    pub socks5_events_per_request: f64,
 }
 
 /// One bulk transfer through NWS, with the direct baseline.
@@ -199,6 +207,10 @@ pub struct Ratios {
     pub ttfb_median_over_echo: Option<f64>,
     /// NWS p99 time to first byte over the relay echo's p99.
     pub ttfb_p99_over_echo: Option<f64>,
+    /// NWS median time to first byte via SOCKS5 over the relay echo's median.
+    pub ttfb_socks5_median_over_echo: Option<f64>,
+    /// NWS p99 time to first byte via SOCKS5 over the relay echo's p99.
+    pub ttfb_socks5_p99_over_echo: Option<f64>,
     /// NWS download throughput over direct.
     pub download_over_direct: Option<f64>,
     /// NWS upload throughput over direct.
@@ -365,6 +377,37 @@ impl Report {
             format!("{}/{n}", n - t.nws_failed),
             format!("{}/{n}", n - t.direct_failed),
             format!("{}/{n}", n - t.echo_lost),
+            String::new(),
+        ]);
+        // The baselines are the same as above: only the NWS column and the
+        // ratio to the echo.
+        let s = &t.socks5;
+        main.row(vec![
+            "time to first byte via SOCKS5, median (ms)".into(),
+            ms(s.median_ms, s.count),
+            "-".into(),
+            "-".into(),
+            times(self.ratios.ttfb_socks5_median_over_echo, "echo"),
+        ]);
+        main.row(vec![
+            "time to first byte via SOCKS5, p90 (ms)".into(),
+            ms(s.p90_ms, s.count),
+            "-".into(),
+            "-".into(),
+            String::new(),
+        ]);
+        main.row(vec![
+            "time to first byte via SOCKS5, p99 (ms)".into(),
+            ms(s.p99_ms, s.count),
+            "-".into(),
+            "-".into(),
+            times(self.ratios.ttfb_socks5_p99_over_echo, "echo"),
+        ]);
+        main.row(vec![
+            "  answered".into(),
+            format!("{}/{n}", n - t.socks5_failed),
+            "-".into(),
+            "-".into(),
             String::new(),
         ]);
         for (name, x, r) in [
