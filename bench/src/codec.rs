@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::nips::nip44::v2::{decrypt_to_bytes, encrypt_to_bytes, ConversationKey};
-use nostr::{ClientMessage, EventId, JsonUtil, Keys, RelayMessage, SubscriptionId};
+use nostr::{ClientMessage, JsonUtil, Keys, RelayMessage, SubscriptionId};
 use nws_core::protocol::frame::{self, Sender};
 use nws_core::protocol::{
-    build_stream_event, Message, MessageType, DEFAULT_MAX_DATA_PER_EVENT, MAX_FRAME_DATA_PER_EVENT,
+    build_stream_event, event_id, Message, MessageType, DEFAULT_MAX_DATA_PER_EVENT,
+    MAX_FRAME_DATA_PER_EVENT,
 };
 use serde::Serialize;
 
@@ -145,11 +146,12 @@ fn measure_one(msg: &Message, framed: bool, budget: Duration) -> Result<EventCos
         "base64 of the NIP-44 payload",
         time(budget, || BASE64.encode(&payload)),
     );
+    // Our sender's id: the same JSON array, hashed with `sha2` (SHA-NI).
     let id_cost = time(budget, || {
-        EventId::new(
+        event_id(
             &event.pubkey,
-            &event.created_at,
-            &event.kind,
+            event.created_at,
+            event.kind,
             &event.tags,
             &event.content,
         )
@@ -159,7 +161,7 @@ fn measure_one(msg: &Message, framed: bool, budget: Duration) -> Result<EventCos
     let build_cost = time(budget, || {
         build_stream_event(&sender, &receiver.public_key(), content.clone())
     });
-    step("sender", "event id (JSON array, SHA-256)", id_cost);
+    step("sender", "event id (JSON array, SHA-256 by sha2)", id_cost);
     step("sender", "Schnorr signature", sig_cost);
     // build_stream_event computes the id once (nostr's EventBuilder would
     // compute it again to check it when signing).

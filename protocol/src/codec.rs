@@ -11,7 +11,7 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use nostr::nips::nip44::v2::{self as nip44v2, ConversationKey};
-use nostr::{Event, Keys, PublicKey, SecretKey, Tag, Tags, Timestamp, UnsignedEvent};
+use nostr::{Event, Keys, PublicKey, SecretKey, Tag, Tags, Timestamp};
 
 use crate::frame::{self, Sender};
 use crate::message::{stream_kind, Message, MAX_PLAINTEXT};
@@ -194,24 +194,44 @@ pub fn open_stream_event(
 /// Signs a kind-28333 stream event carrying `content` to `recipient`
 /// (tag `["p", <recipient hex>]`), authored by `keys`.
 ///
-/// The event id (NIP-01: SHA-256 of the serialized event) is computed once
-/// and signed; `EventBuilder` would compute it a second time to check it.
+/// The event id (NIP-01) is computed once ([`event_id`]) and signed;
+/// `EventBuilder` would compute it a second time to check it.
 pub fn build_stream_event(
     keys: &Keys,
     recipient: &PublicKey,
     content: String,
 ) -> Result<Event, CodecError> {
-    let unsigned = UnsignedEvent {
-        id: None,
-        pubkey: keys.public_key(),
-        created_at: Timestamp::now(),
-        kind: stream_kind(),
-        tags: Tags::from_list(vec![Tag::public_key(*recipient)]),
-        content,
-    };
-    unsigned
-        .sign_with_keys(keys)
-        .map_err(|e| CodecError::Sign(e.to_string()))
+    let pubkey = keys.public_key();
+    let created_at = Timestamp::now();
+    let kind = stream_kind();
+    let tags = Tags::from_list(vec![Tag::public_key(*recipient)]);
+    let id = event_id(&pubkey, created_at, kind, &tags, &content)?;
+    let sig = keys.sign_schnorr(&nostr::secp256k1::Message::from_digest(id.to_bytes()));
+    Ok(Event::new(id, pubkey, created_at, kind, tags, content, sig))
+}
+
+/// The NIP-01 id of an event: SHA-256 of the JSON array
+/// `[0, pubkey, created_at, kind, tags, content]`, serialized exactly as
+/// nostr does, hashed with the `sha2` crate (which uses the CPU's SHA
+/// extensions where there are any; nostr's own hash does not).
+///
+/// # Errors
+///
+/// [`CodecError::Sign`] if the array cannot be serialized (never for
+/// well-formed tags).
+pub fn event_id(
+    pubkey: &PublicKey,
+    created_at: Timestamp,
+    kind: nostr::Kind,
+    tags: &Tags,
+    content: &str,
+) -> Result<nostr::EventId, CodecError> {
+    use sha2::Digest as _;
+    let json = serde_json::to_vec(&(0u8, pubkey, created_at, kind, tags, content))
+        .map_err(|e| CodecError::Sign(e.to_string()))?;
+    Ok(nostr::EventId::from_byte_array(
+        sha2::Sha256::digest(&json).into(),
+    ))
 }
 
 /// The first `p` tag of an event: the recipient of a stream event.

@@ -242,3 +242,22 @@ fn a_full_frame_fits_the_padding_step_of_a_full_json_event() {
             > max_data_for_content(4_000 - 600) * 13 / 10
     );
 }
+
+#[test]
+fn stream_events_have_the_ids_nostr_computes_and_verify() {
+    let (a, b) = (Keys::generate(), Keys::generate());
+    let c = Cipher::derive(a.secret_key(), &b.public_key()).unwrap();
+    let mut m = Message::new("k", MessageType::Data);
+    for n in [0usize, 1, 100, 40_000] {
+        m.data = vec![7; n];
+        let content = c.seal_as(&m, Framing::Binary(Sender::Entry)).unwrap();
+        let ev = build_stream_event(&a, &b.public_key(), content).unwrap();
+        let nostr_id =
+            nostr::EventId::new(&ev.pubkey, &ev.created_at, &ev.kind, &ev.tags, &ev.content);
+        assert_eq!(ev.id, nostr_id);
+        ev.verify().unwrap();
+    }
+    // Content with characters JSON escapes hashes the same way too.
+    let ev = build_stream_event(&a, &b.public_key(), "q\"\\\n\u{1}é".into()).unwrap();
+    ev.verify().unwrap();
+}

@@ -33,6 +33,8 @@ pub mod reverse;
 pub mod socks5;
 
 pub use addr::{AddrError, HostPort};
-pub use codec::{build_stream_event, open_stream_event, recipient, Cipher, CodecError, Framing};
+pub use codec::{
+    build_stream_event, event_id, open_stream_event, recipient, Cipher, CodecError, Framing,
+};
 pub use frame::Sender;
 pub use message::*;
