@@ -429,7 +429,10 @@ impl Transport {
         let out = self
             .inner
             .pool
-            .send_msg_to(relays.iter().cloned(), ClientMessage::event(event.clone()))
+            .send_msg_to(
+                relays.iter().cloned(),
+                ClientMessage::Event(std::borrow::Cow::Borrowed(event)),
+            )
             .await
             .map_err(|e| TransportError::Pool(e.to_string()))?;
         self.inner.published.fetch_add(1, Ordering::Relaxed);
