@@ -56,7 +56,7 @@ ndk_targets=()
 for abi in "${ABIS[@]}"; do ndk_targets+=(-t "$abi"); done
 log "building libnws.so for ${ABIS[*]}"
 cargo ndk "${ndk_targets[@]}" --platform "$MIN_SDK" -o "$out/jniLibs" \
-    build --profile release-mobile -p nws-bindings --lib
+    build --profile release-mobile -p nws-bindings --lib --features small
 
 log "compiling the Kotlin bindings"
 mvn -B -ntp -q -f bindings/kotlin/pom.xml package -DskipTests

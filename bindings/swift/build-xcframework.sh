@@ -19,7 +19,7 @@ export IPHONEOS_DEPLOYMENT_TARGET=15.0 MACOSX_DEPLOYMENT_TARGET=12.0
 targets=(aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios aarch64-apple-darwin x86_64-apple-darwin)
 rustup target add "${targets[@]}"
 for t in "${targets[@]}"; do
-    cargo build --profile release-mobile -p nws-bindings --lib --target "$t"
+    cargo build --profile release-mobile -p nws-bindings --lib --features small --target "$t"
 done
 
 lib() { echo "target/$1/release-mobile/libnws.a"; }

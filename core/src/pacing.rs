@@ -89,6 +89,7 @@ enum Hold {
     Until(Instant),
     /// Until the peer's first data event plus `allowance`, but never after
     /// `deadline`.
+    #[cfg_attr(not(feature = "exit"), allow(dead_code))]
     PeerWrites {
         allowance: Duration,
         deadline: Instant,
@@ -131,6 +132,7 @@ impl Pacer {
 
     /// Exit side: the backend is connected now; data waits for the entry's
     /// first write (plus the subscribe allowance), at most `max_hold`.
+    #[cfg_attr(not(feature = "exit"), allow(dead_code))]
     pub fn backend_connected(&mut self) {
         let now = Instant::now();
         self.hold = Some(Hold::PeerWrites {
