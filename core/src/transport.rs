@@ -130,6 +130,8 @@ struct Inner {
     network_changed: Arc<tokio::sync::Notify>,
     /// Set by [`Transport::shutdown`]: supervisors stop reconnecting.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Longest wait between reconnection attempts, in milliseconds.
+    retry_max_ms: AtomicU64,
 }
 
 /// A connection to a set of relays, shared by every stream of an entry or exit.
@@ -179,6 +181,7 @@ impl Transport {
             replay_window: AtomicU64::new(DEFAULT_REPLAY_WINDOW.as_secs()),
             network_changed: Arc::new(tokio::sync::Notify::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            retry_max_ms: AtomicU64::new(RETRY_MAX.as_millis() as u64),
         });
         let weak = Arc::downgrade(&inner);
         events.set(move |event| {
@@ -541,6 +544,16 @@ impl Transport {
     }
 
     /// Disconnects from every relay and stops the router.
+    /// Caps the wait between reconnection attempts to one relay (default
+    /// [`RETRY_MAX`], 60 s, for a phone's radio; an exit, which serves
+    /// others, sets a few seconds).
+    pub fn set_retry_max(&self, max: Duration) {
+        let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .retry_max_ms
+            .store(ms.max(RETRY_MIN.as_millis() as u64), Ordering::Relaxed);
+    }
+
     /// The device's network changed (or came back): every relay not
     /// connected now is tried again at once, with its backoff reset.
     pub fn network_changed(&self) {
@@ -619,11 +632,25 @@ async fn run_router(
     }
 }
 
+/// What tells two copies of a stream event apart: SHA-256 of its author
+/// and content (the NIP-44 payload, whose MAC the receiver checks), as an
+/// [`EventId`] so that one bounded cache holds both kinds of key.
+fn copy_key(event: &Event) -> EventId {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(event.pubkey.to_bytes());
+    h.update(event.content.as_bytes());
+    EventId::from_byte_array(h.finalize().into())
+}
+
 /// Keeps one relay connected: when its connection ends (or an attempt
 /// fails), waits [`RETRY_MIN`], then twice as long after each failure up
-/// to [`RETRY_MAX`], and connects again; a connection that succeeds, or
-/// [`Transport::network_changed`], starts the backoff over. Ends with the
-/// transport.
+/// to the transport's cap ([`RETRY_MAX`] unless
+/// [`Transport::set_retry_max`]), with ±20 % jitter so that many clients do
+/// not come back in step, and connects again. The backoff starts over once
+/// a connection has stayed up for [`STAYED_UP`] (a relay that accepts and
+/// then closes at once is not hammered), or at
+/// [`Transport::network_changed`]. Ends with the transport.
 async fn supervise(
     inner: std::sync::Weak<Inner>,
     network_changed: Arc<tokio::sync::Notify>,
@@ -633,6 +660,7 @@ async fn supervise(
     use nostr_sdk::pool::RelayNotification;
     use nostr_sdk::RelayStatus;
     let mut backoff = RETRY_MIN;
+    let mut up_since: Option<tokio::time::Instant> = None;
     loop {
         let n = match status.recv().await {
             Ok(n) => n,
@@ -642,20 +670,30 @@ async fn supervise(
         match n {
             RelayNotification::RelayStatus {
                 status: RelayStatus::Connected,
-            } => backoff = RETRY_MIN,
+            } => up_since = Some(tokio::time::Instant::now()),
             RelayNotification::RelayStatus {
                 status: RelayStatus::Terminated,
             } => {
-                match inner.upgrade() {
-                    Some(i) if !i.shutting_down.load(Ordering::Relaxed) => {}
+                let cap = match inner.upgrade() {
+                    Some(i) if !i.shutting_down.load(Ordering::Relaxed) => {
+                        Duration::from_millis(i.retry_max_ms.load(Ordering::Relaxed))
+                    }
                     _ => return,
+                };
+                if up_since.take().is_some_and(|t| t.elapsed() >= STAYED_UP) {
+                    backoff = RETRY_MIN;
                 }
+                let wait = jittered(backoff.min(cap));
                 let woken = network_changed.notified();
-                log::debug!("relay {}: reconnecting in {backoff:?}", relay.url());
+                log::debug!("relay {}: reconnecting in {wait:?}", relay.url());
                 let reset = tokio::select! {
-                    _ = tokio::time::sleep(backoff) => false,
+                    _ = tokio::time::sleep(wait) => false,
                     _ = woken => true,
                 };
+                if reset {
+                    // Let the pool's connection task finish winding down.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 match inner.upgrade() {
                     Some(i) if !i.shutting_down.load(Ordering::Relaxed) => {}
                     _ => return,
@@ -663,7 +701,7 @@ async fn supervise(
                 backoff = if reset {
                     RETRY_MIN
                 } else {
-                    (backoff * 2).min(RETRY_MAX)
+                    (backoff * 2).min(cap)
                 };
                 relay.connect();
             }
@@ -671,6 +709,14 @@ async fn supervise(
             _ => {}
         }
     }
+}
+
+/// A connection that lasted this long resets the reconnection backoff.
+pub const STAYED_UP: Duration = Duration::from_secs(10);
+
+/// `d` scaled by a random factor in [0.8, 1.2].
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.8..=1.2))
 }
 
 /// Hands a stream event to the route of its recipient (the first `p`
@@ -695,8 +741,13 @@ fn route_stream_event(inner: &Inner, event: Event) {
         );
         return;
     }
+    // Copies are told apart by what the receiver will authenticate (author
+    // and content), not by the id: stream events reach here unverified, and
+    // a relay that sent a forged copy under a real event's id first would
+    // otherwise have the real copy from another relay dropped.
+    let seen_as = copy_key(&event);
     let mut routes = lock(&inner.routes);
-    if !routes.first_sight(event.id) {
+    if !routes.first_sight(seen_as) {
         log::debug!("event {} seen before: dropped", event.id);
         return;
     }

@@ -10,7 +10,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 1 | frame version, `0x03` (a JSON plaintext starts with `{`, `0x7b`) |
-//! | 1 | type: 1 `CONNECT`, 2 `CONNECTR`, 3 `DATA`, 4 `CONNECTED`, 5 `ERROR`, 6 `CLOSE`, 7 `ACK`, 8 `PING`, 0 other (its name follows as `u8` length + UTF-8) |
+//! | 1 | type: 1 `CONNECT`, 2 `CONNECTR`, 3 `DATA`, 4 `CONNECTED`, 5 `ERROR`, 6 `CLOSE`, 7 `ACK`, 8 `PING`, 0 other, `SOCKS5RESPONSE` included (its name follows as `u8` length + UTF-8) |
 //! | 2 | flags, big-endian: bit 0 sender is the exit, 1 `seq`, 2 `ack`, 3 `window`, 4 `sack`, 5 `reason`, 6 `destination`, 7 `entryPublicAddress`, 8 `version`, 9 key is a UUID |
 //! | 16 or 1+n | stream key: 16 bytes of UUID, or `u8` length + UTF-8 |
 //! | varint each | `seq`, `ack`, `window`, `version`, in that order, where flagged |
@@ -29,8 +29,12 @@ use crate::message::{Message, MessageType};
 /// First byte of a version-3 frame.
 pub const FRAME_VERSION: u8 = 3;
 
+/// Longest stream key, in bytes, that [`MAX_DATA_HEADER`] plans for; a
+/// stream with a longer key writes JSON instead.
+pub const MAX_PLANNED_KEY: usize = 64;
+
 /// Most header bytes a frame of a data message takes, in bytes: type,
-/// flags, a stream key of up to 64 bytes, four varints and 16 selective-ack
+/// flags, a stream key of up to [`MAX_PLANNED_KEY`] bytes, four varints and 16 selective-ack
 /// ranges ([`crate::engine`] sends at most 16). Data plus this fits the
 /// plaintext size it is planned for.
 pub const MAX_DATA_HEADER: usize = 512;
@@ -60,13 +64,15 @@ fn type_code(kind: &MessageType) -> u8 {
     match kind {
         MessageType::Connect => 1,
         MessageType::ConnectReverse => 2,
-        MessageType::Data | MessageType::Socks5Response => 3,
+        MessageType::Data => 3,
         MessageType::Connected => 4,
         MessageType::Error => 5,
         MessageType::Close => 6,
         MessageType::Ack => 7,
         MessageType::Ping => 8,
-        MessageType::Unknown(_) => 0,
+        // SOCKS5RESPONSE (legacy data) is never framed by us; by name it
+        // still comes back as itself.
+        MessageType::Socks5Response | MessageType::Unknown(_) => 0,
     }
 }
 
@@ -375,6 +381,9 @@ mod tests {
             assert!(is_frame(&frame));
             assert_eq!(decode(&frame).unwrap(), (m, sender));
         }
+        let legacy = Message::new("k", MessageType::Socks5Response);
+        let frame = encode(&legacy, Sender::Exit).unwrap();
+        assert_eq!(decode(&frame).unwrap().0, legacy);
         let mut odd = Message::new("not-a-uuid", MessageType::Unknown("HELLO".into()));
         odd.data = b"x".to_vec();
         let frame = encode(&odd, Sender::Entry).unwrap();

@@ -968,7 +968,7 @@ async fn seq_far_outside_the_window_is_dropped_and_a_bogus_ack_aborts_only_its_s
     let exit = net.exit_key();
     let mut s = PeerStream::open(RawPeer::connect(net.relay_url(), exit).await).await;
     let key = s.key();
-    for seq in [1u64 << 40, u64::MAX - 2, 600 * 1024] {
+    for seq in [1u64 << 40, u64::MAX - 2, 1536 * 1024] {
         let mut m = Message::new(key.clone(), MessageType::Data);
         m.seq = Some(seq);
         m.data = b"far away".to_vec();

@@ -100,7 +100,10 @@ impl ExitSubscriptions {
             sub.spares.push(new_spare(&exit, &sub.keys)?);
         }
         // Held across the REQ so that filters go out in the order they were made.
-        resubscribe(transport, sub, exit, relays).await?;
+        if let Err(e) = resubscribe(transport, sub, exit, relays).await {
+            lock(&sub.keys).remove(&keys.public_key());
+            return Err(e.into());
+        }
         Ok(FreshKey {
             keys,
             cipher,
@@ -156,10 +159,10 @@ async fn resubscribe(
         .await
 }
 
-/// The conversation key of a persistent entry key with `exit`'s streams is
-/// the demultiplexer's; this only makes sure the exit's subscription holds
-/// the key (sent once, before the first stream's `CONNECT`).
 impl ExitSubscriptions {
+    /// Puts a persistent entry key into `exit`'s subscription on `relays`
+    /// (the REQ goes once, before the first stream's `CONNECT`; the pool
+    /// sends it again after reconnects).
     pub(crate) async fn add(
         &self,
         transport: &Transport,

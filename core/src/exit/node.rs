@@ -14,6 +14,9 @@ use crate::stats::Stats;
 use crate::tls::FrontCertificate;
 use crate::transport::{exit_filter, Transport};
 
+/// Longest wait between an exit's reconnection attempts to a relay.
+pub const EXIT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running exit node. Dropping it does not stop it; call [`ExitNode::stop`].
 pub struct ExitNode {
     public_key: PublicKey,
@@ -46,6 +49,9 @@ impl ExitNode {
         }
         // Relays that want NIP-42 authentication see the exit's own key.
         let transport = Transport::with_auth_keys(config.keys.clone());
+        // An exit serves others: a relay back from a restart is retried
+        // within seconds, not after a phone's 60 s backoff.
+        transport.set_retry_max(EXIT_RETRY_MAX);
         transport.set_replay_window(config.replay_window);
         transport
             .ensure_connected(&config.relays, config.relay_timeout)

@@ -586,7 +586,9 @@ impl Tap {
 
     /// Reads a frame from the relay.
     fn incoming(&self, text: &str) -> Verdict {
-        let head = &text[..text.len().min(64)];
+        // The frame's type is at its start (a byte range: the text may hold
+        // multi-byte characters anywhere after it).
+        let head = text;
         if head.starts_with("[\"OK\"") {
             return self.on_ok(text);
         }

@@ -351,9 +351,12 @@ impl Stream {
     }
 
     /// How this side writes its messages now: a version-3 binary frame once
-    /// both sides speak version 3, JSON otherwise.
+    /// both sides speak version 3 (and the stream key is at most
+    /// [`crate::frame::MAX_PLANNED_KEY`] bytes), JSON otherwise.
     pub fn framing(&self) -> Framing {
-        if self.version() >= 3 {
+        // A stream key longer than a frame's planned header allows (ours are
+        // UUIDs) is written as JSON, which a version-3 peer reads too.
+        if self.version() >= 3 && self.key.len() <= crate::frame::MAX_PLANNED_KEY {
             Framing::Binary(match self.side {
                 Side::Entry => Sender::Entry,
                 Side::Exit => Sender::Exit,
