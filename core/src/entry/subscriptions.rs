@@ -76,13 +76,7 @@ impl ExitSubscriptions {
         relays: &[RelayUrl],
     ) -> Result<FreshKey, OpenError> {
         let mut map = self.by_exit.lock().await;
-        let sub = map
-            .entry((exit, relays.to_vec()))
-            .or_insert_with(|| ExitSubscription {
-                id: SubscriptionId::generate(),
-                keys: Arc::default(),
-                spares: Vec::new(),
-            });
+        let sub = subscription(&mut map, exit, relays);
         if let Some((keys, cipher)) = sub.spares.pop() {
             let subscribed = sub.keys.clone();
             drop(map);
@@ -138,6 +132,20 @@ impl ExitSubscriptions {
     }
 }
 
+/// `exit`'s subscription on `relays`, made (empty) if there is none yet.
+fn subscription<'a>(
+    map: &'a mut ByExit,
+    exit: PublicKey,
+    relays: &[RelayUrl],
+) -> &'a mut ExitSubscription {
+    map.entry((exit, relays.to_vec()))
+        .or_insert_with(|| ExitSubscription {
+            id: SubscriptionId::generate(),
+            keys: Arc::default(),
+            spares: Vec::new(),
+        })
+}
+
 /// A new spare key for `exit`, added to the subscribed key set.
 fn new_spare(exit: &PublicKey, subscribed: &SubscribedKeys) -> Result<(Keys, Cipher), OpenError> {
     let keys = Keys::generate();
@@ -171,13 +179,7 @@ impl ExitSubscriptions {
         key: PublicKey,
     ) -> Result<(), TransportError> {
         let mut map = self.by_exit.lock().await;
-        let sub = map
-            .entry((exit, relays.to_vec()))
-            .or_insert_with(|| ExitSubscription {
-                id: SubscriptionId::generate(),
-                keys: Arc::default(),
-                spares: Vec::new(),
-            });
+        let sub = subscription(&mut map, exit, relays);
         if !lock(&sub.keys).insert(key) {
             return Ok(());
         }
