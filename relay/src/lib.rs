@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use nostr::RelayUrl;
 use nostr_relay_builder::prelude::{LocalRelay, RateLimit, RelayBuilder};
 use nws_core::accept::accept_loop;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Events per minute one connection may publish to the embedded relay.
@@ -65,9 +65,7 @@ impl EmbeddedRelay {
     /// free port); the builder's own address and port are replaced.
     pub async fn start_with(addr: SocketAddr, builder: RelayBuilder) -> Result<Self, RelayError> {
         let err = |reason: String| RelayError::Start { addr, reason };
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let listener = nws_core::accept::listen(addr).map_err(|e| err(e.to_string()))?;
         let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
         let relay = LocalRelay::new(builder.addr(local.ip()).port(local.port()));
         let url = RelayUrl::parse(&format!("ws://{local}")).map_err(|e| err(e.to_string()))?;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -88,9 +88,8 @@ impl EntryProxy {
         proto: Protocol,
         cap: (Cap, Arc<Semaphore>),
     ) -> Result<SocketAddr, EntryError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| EntryError::Bind { addr, source })?;
+        let listener =
+            crate::accept::listen(addr).map_err(|source| EntryError::Bind { addr, source })?;
         let local = listener
             .local_addr()
             .map_err(|source| EntryError::Bind { addr, source })?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nostr::RelayUrl;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +39,7 @@ impl Reverse {
         handshake_timeout: Duration,
         cancel: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::accept::listen(addr)?;
         let rev = Arc::new(Self {
             addr: listener.local_addr()?,
             pending: Mutex::default(),
