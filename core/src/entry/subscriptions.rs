@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nostr::{Keys, PublicKey, RelayUrl, SubscriptionId};
 
@@ -44,13 +45,25 @@ pub(crate) struct ExitSubscriptions {
 type ByExit = HashMap<(PublicKey, Vec<RelayUrl>), ExitSubscription>;
 
 /// Fresh keys each exit's subscription holds ready for the next streams.
-pub(crate) const SPARE_KEYS: usize = 2;
+pub(crate) const SPARE_KEYS: usize = 4;
+
+/// How long after a spare key is taken its replacement is subscribed.
+///
+/// Not at once: the REQ would reach the relay right behind the stream's
+/// `CONNECT`, and a relay reads one connection's messages in order, so the
+/// `CONNECT` would wait while the relay processes a filter of every open
+/// stream's key (seen with strace through nostr-relay-builder: the `EVENT`
+/// went out to the exit only after the `EOSE` for the REQ). Waiting also
+/// makes one REQ of the spares taken by a burst of streams.
+pub(crate) const REPLENISH_DELAY: Duration = Duration::from_millis(5);
 
 struct ExitSubscription {
     id: SubscriptionId,
     keys: SubscribedKeys,
     /// Keys in the filter that no stream has used yet.
     spares: Vec<(Keys, Cipher)>,
+    /// A replenishment is scheduled ([`REPLENISH_DELAY`]).
+    replenishing: bool,
 }
 
 /// The recipient keys of one exit's subscription, shared with the streams'
@@ -79,8 +92,10 @@ impl ExitSubscriptions {
         let sub = subscription(&mut map, exit, relays);
         if let Some((keys, cipher)) = sub.spares.pop() {
             let subscribed = sub.keys.clone();
+            if !std::mem::replace(&mut sub.replenishing, true) {
+                self.replenish(transport, exit, relays);
+            }
             drop(map);
-            self.replenish(transport, exit, relays);
             return Ok(FreshKey {
                 keys,
                 cipher,
@@ -106,16 +121,18 @@ impl ExitSubscriptions {
     }
 
     /// Makes spare keys for `exit` up to [`SPARE_KEYS`] and re-sends its
-    /// subscription, in the background.
+    /// subscription, in the background after [`REPLENISH_DELAY`].
     fn replenish(&self, transport: &Transport, exit: PublicKey, relays: &[RelayUrl]) {
         let by_exit = Arc::clone(&self.by_exit);
         let transport = transport.clone();
         let relays = relays.to_vec();
         tokio::spawn(async move {
+            tokio::time::sleep(REPLENISH_DELAY).await;
             let mut map = by_exit.lock().await;
             let Some(sub) = map.get_mut(&(exit, relays.clone())) else {
                 return;
             };
+            sub.replenishing = false;
             while sub.spares.len() < SPARE_KEYS {
                 match new_spare(&exit, &sub.keys) {
                     Ok(spare) => sub.spares.push(spare),
@@ -143,6 +160,7 @@ fn subscription<'a>(
             id: SubscriptionId::generate(),
             keys: Arc::default(),
             spares: Vec::new(),
+            replenishing: false,
         })
 }
 
