@@ -120,6 +120,10 @@ struct Args {
     /// Keep the processes' logs and the exit key in this directory.
     #[arg(long)]
     keep_logs: Option<PathBuf>,
+    /// Start the entry with `--early-reply`: SOCKS5 clients are answered
+    /// before the exit has, so their request rides in the `CONNECT`.
+    #[arg(long)]
+    early_reply: bool,
 }
 
 fn main() -> ExitCode {
@@ -431,6 +435,7 @@ async fn run(args: Args) -> Result<Report, String> {
         bulk_mib: args.bulk_mib as usize,
         concurrency: args.concurrency as usize,
         idle_secs: args.idle_secs,
+        early_reply: args.early_reply,
     };
 
     progress!("per-event CPU costs");
@@ -511,7 +516,10 @@ async fn run(args: Args) -> Result<Report, String> {
             "127.0.0.1:0".into(),
             "--auth".into(),
             credentials.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(params.early_reply.then(|| "--early-reply".to_string()))
+        .collect::<Vec<String>>(),
         dir.join("entry.log"),
     )
     .await?;

@@ -31,8 +31,9 @@ pub struct NwsProcess {
 }
 
 impl NwsProcess {
-    /// Starts `bin args…` with `RUST_LOG=warn` (stderr into `log`) and waits
-    /// until it prints `ready`.
+    /// Starts `bin args…` with `RUST_LOG=warn` (or `NWS_BENCH_LOG`'s value,
+    /// to look into a run; more logging slows it) with stderr into `log`, and
+    /// waits until it prints `ready`.
     pub async fn spawn(
         name: &'static str,
         bin: &Path,
@@ -43,7 +44,10 @@ impl NwsProcess {
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("NWS_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

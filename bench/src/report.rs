@@ -84,6 +84,9 @@ pub struct Params {
     pub concurrency: usize,
     /// Idle measurement, in seconds (0: skipped).
     pub idle_secs: u64,
+    /// The entry ran with `--early-reply` (SOCKS5 and HTTP `CONNECT`
+    /// clients answered before the exit has).
+    pub early_reply: bool,
 }
 
 /// Time to first byte: NWS through each entry port, and the two baselines.
@@ -321,8 +324,16 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "nws-bench {}: {} requests, {} MiB bulk, {} concurrent streams",
-            self.version, self.params.requests, self.params.bulk_mib, self.params.concurrency
+            "nws-bench {}: {} requests, {} MiB bulk, {} concurrent streams{}",
+            self.version,
+            self.params.requests,
+            self.params.bulk_mib,
+            self.params.concurrency,
+            if self.params.early_reply {
+                ", entry --early-reply"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,

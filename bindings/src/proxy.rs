@@ -77,6 +77,15 @@ pub struct ProxyConfig {
     /// `public_exits`. Default none.
     #[uniffi(default = None)]
     pub exit: Option<String>,
+    /// Answer SOCKS5 and HTTP `CONNECT` clients with success as soon as the
+    /// name routes, before the exit has answered, so that their first bytes
+    /// (a TLS ClientHello) ride in the stream's opening event: one relay
+    /// round trip less before the first byte (about 2 relay round trips
+    /// become 1). The price: when the exit refuses (its backend is down, say),
+    /// the client sees a reset connection rather than a SOCKS5 reply code or
+    /// HTTP status. Default `false`.
+    #[uniffi(default = false)]
+    pub early_reply: bool,
 }
 
 impl ProxyConfig {
@@ -96,6 +105,7 @@ impl ProxyConfig {
             legacy_exits: Vec::new(),
             public_exits: false,
             exit: None,
+            early_reply: false,
         }
     }
 }
@@ -188,6 +198,7 @@ struct Settings {
     legacy_exits: Vec<PublicKey>,
     public_exits: bool,
     exit: Option<ExitAddress>,
+    early_reply: bool,
 }
 
 impl Settings {
@@ -261,6 +272,7 @@ impl Settings {
             legacy_exits,
             public_exits: c.public_exits,
             exit,
+            early_reply: c.early_reply,
         })
     }
 
@@ -518,6 +530,7 @@ impl NwsProxy {
         config.legacy_exits = s.legacy_exits.clone();
         config.public_exits = s.public_exits;
         config.exit = s.exit.clone();
+        config.early_reply = s.early_reply;
         let proxy = match EntryProxy::start(config).await {
             Ok(p) => p,
             Err(e) => {

@@ -260,6 +260,12 @@ struct EntryArgs {
     /// HOST is sent to the exits as is: not 0.0.0.0 or ::.
     #[arg(long, env = "PUBLIC_ADDRESS")]
     public_address: Option<SocketAddr>,
+    /// Answer SOCKS5 and HTTP CONNECT clients at once (once the name routes),
+    /// so that their first bytes ride in the stream's CONNECT: one relay
+    /// round trip less to the first byte. An exit's refusal then reaches the
+    /// client as a reset connection, not a SOCKS5 reply code or HTTP status.
+    #[arg(long)]
+    early_reply: bool,
 }
 
 fn main() {
@@ -487,6 +493,7 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
         }
     }
     config.public_address = args.public_address;
+    config.early_reply = args.early_reply;
     for k in &args.legacy_exits {
         config
             .legacy_exits

@@ -93,26 +93,31 @@ pub enum StreamError {
 /// How a pumped stream ended.
 pub(crate) type End = Result<(), StreamError>;
 
+/// What must live as long as a stream (its route, its registration), told
+/// when the stream starts to linger (done both ways, only acknowledging the
+/// peer's last retransmissions) and dropped after.
+pub(crate) trait Keep: Send {
+    /// The stream is done and lingers; by default nothing changes.
+    fn lingering(&mut self) {}
+}
+
+impl Keep for crate::demux::Registration {}
+
 /// A stream with everything it needs to run: the engine, the way to the
 /// peer, its inbox, bytes already delivered for the local socket, and what
-/// must live as long as the stream (its route, say), which is dropped only
-/// after lingering.
+/// must live as long as the stream ([`Keep`]), which is dropped only after
+/// lingering.
 pub(crate) struct Conn {
     pub engine: Stream,
     pub link: Link,
     pub inbox: Inbox,
-    pub keep: Box<dyn std::any::Any + Send>,
+    pub keep: Box<dyn Keep>,
     delivery: Delivery,
 }
 
 impl Conn {
     /// A stream ready to be driven.
-    pub fn new(
-        engine: Stream,
-        link: Link,
-        inbox: Inbox,
-        keep: Box<dyn std::any::Any + Send>,
-    ) -> Self {
+    pub fn new(engine: Stream, link: Link, inbox: Inbox, keep: Box<dyn Keep>) -> Self {
         Self {
             engine,
             link,
@@ -314,8 +319,16 @@ pub(crate) async fn wait_open(
 }
 
 /// Sleeps until `t`, or forever when there is no timer.
+///
+/// A deadline already reached only yields to other tasks once: tokio's
+/// timer rounds every deadline up to its next millisecond tick, so a timer
+/// due now (the engine's zero [`DATA_HOLD`](crate::engine::DATA_HOLD), an
+/// acknowledgement due at once) would otherwise wait up to 1 ms (seen with
+/// strace at the exit: `epoll_wait(…, 1)` between the backend's answer and
+/// its event).
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     match t {
+        Some(t) if t <= tokio::time::Instant::now() => tokio::task::yield_now().await,
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
@@ -343,7 +356,7 @@ where
         mut engine,
         link,
         mut inbox,
-        keep,
+        mut keep,
         mut delivery,
     } = conn;
     let stats = slot.0.clone();
@@ -384,6 +397,7 @@ where
             // acknowledge the peer's last retransmissions in the background.
             let end = stats.record(&engine, Ok(()));
             drop((rd, wr, slot));
+            keep.lingering();
             tokio::spawn(async move {
                 linger(engine, link, inbox).await;
                 drop(keep);

@@ -151,3 +151,33 @@ async fn survives_losing_one_of_two_relays() {
     drop(b);
     exit.stop().await;
 }
+
+/// Streams that are done leave the subscription's key set when they start
+/// to linger (they used to stay for the whole linger time, 60 s, so that
+/// every REQ named every stream of the last minute): after 20 sequential
+/// streams the set holds the spare keys and hardly more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_streams_leave_the_subscription() {
+    let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let backend = echo_backend().await;
+    let exit = ExitNode::start(ExitConfig::new(
+        vec![relay.url().clone()],
+        Keys::generate(),
+        backend.to_string(),
+    ))
+    .await
+    .unwrap();
+    let name = exit.nostr_domain().unwrap();
+    let entry = Entry::new(EntryConfig::new(vec![])).await.unwrap();
+    for _ in 0..20 {
+        let (sent, got) = echo_through(&entry, &name, 1000, || async {}).await;
+        assert_eq!(sent, got);
+    }
+    // The spares taken by the last streams are replaced in the background.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let keys = entry.subscribed_keys().await;
+    assert!((4..=6).contains(&keys), "{keys} keys still subscribed");
+    exit.stop().await;
+}

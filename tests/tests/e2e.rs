@@ -244,6 +244,67 @@ async fn refused_backend_gives_socks_refused_and_http_502() {
     assert_eq!(out.connect_code, 502, "{out:?}");
 }
 
+/// With `--early-reply`, SOCKS5 and HTTP `CONNECT` clients are answered at
+/// once and their request rides in the stream's `CONNECT` (once the exit is
+/// known to speak version 2 or later); bodies arrive intact. Names that do
+/// not route still get their real reply codes; a refusal by the exit
+/// becomes a reset connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_reply_sends_the_request_in_the_connect() {
+    let p = Path::start(RelayKind::Embedded, &["--early-reply"]).await;
+    let http = format!("http://{}", p.http());
+    let tunnel = |url: &str| -> Vec<String> {
+        ["--proxytunnel", "--proxy", &http, url]
+            .map(String::from)
+            .to_vec()
+    };
+    for round in 0..2 {
+        let out = curl(&["--socks5-hostname", p.socks(), &p.url("1m")]).await;
+        assert_eq!(out.status, 0, "socks5 round {round}: {out:?}");
+        assert_eq!(sha256_hex(&out.stdout), p.backend.sha256("1m"));
+        let t = tunnel(&p.url("1m"));
+        let out = curl(&t.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_eq!(out.status, 0, "CONNECT round {round}: {out:?}");
+        assert_eq!(sha256_hex(&out.stdout), p.backend.sha256("1m"));
+    }
+    let log = p.entry.stderr();
+    for proto in ["Socks5", "Http"] {
+        let rode = log.lines().any(|l| {
+            l.contains(&format!("{proto} "))
+                && l.contains("replied early;")
+                && !l.contains("; 0 of")
+        });
+        assert!(rode, "{proto}: no request rode in a CONNECT:\n{log}");
+    }
+    assert_eq!(p.backend.request_count(), 4);
+
+    let out = curl(&["--socks5-hostname", p.socks(), "http://notakey.nostr/"]).await;
+    assert_eq!(socks_code(&out.stderr), Some(4), "{out:?}");
+    let out = curl(&["--socks5-hostname", p.socks(), "http://example.com/"]).await;
+    assert_eq!(socks_code(&out.stderr), Some(2), "{out:?}");
+    let t = tunnel("http://example.com/");
+    let out = curl_http(&t.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(out.connect_code, 403, "{out:?}");
+}
+
+/// `--early-reply` toward a refusing backend: the client was told success,
+/// so the refusal arrives as a reset connection (curl: 52 empty reply or 56
+/// receive failure), never as a response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_reply_turns_an_exit_refusal_into_a_reset() {
+    let backend = HttpBackend::start().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let p = Path::start_with_backend(RelayKind::Embedded, &["--early-reply"], dead, backend).await;
+    let out = curl(&["--socks5-hostname", p.socks(), &p.url("hello")]).await;
+    assert!(matches!(out.status, 52 | 56), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let log = p.entry.stderr();
+    assert!(log.contains("(replied early)"), "{log}");
+}
+
 /// A name that does not decode: "host unreachable" (4) and a log line; a
 /// host that is not an NWS name: "connection not allowed" (2) and HTTP 403.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

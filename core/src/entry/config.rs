@@ -61,6 +61,15 @@ pub struct EntryConfig {
     /// encryption). Bound by [`EntryProxy::start`](super::EntryProxy::start) or
     /// [`Entry::listen_public`](super::Entry::listen_public).
     pub public_address: Option<SocketAddr>,
+    /// Answer SOCKS5 `CONNECT` and HTTP `CONNECT` clients with success as
+    /// soon as the name routes ([`Entry::check_route`](super::Entry::check_route)),
+    /// before the exit has answered, so that the client's first bytes (a
+    /// TLS ClientHello, an HTTP request) ride in the stream's `CONNECT`
+    /// (0-RTT): one relay round trip less to the first byte. The price: a
+    /// refusal by the exit (backend down, policy, too many streams) reaches
+    /// the client as a reset connection instead of a SOCKS5 reply code or
+    /// an HTTP status. Off by default.
+    pub early_reply: bool,
 }
 
 impl EntryConfig {
@@ -84,6 +93,7 @@ impl EntryConfig {
             public_exits: false,
             exit: None,
             public_address: None,
+            early_reply: false,
         }
     }
 }

@@ -157,6 +157,33 @@ impl Entry {
         self.open_early(host, port, &[]).await.map(|(s, _)| s)
     }
 
+    /// Stream keys the entry's subscriptions name now, across exits: one per
+    /// open stream (lingering ones excluded) and the spare keys kept ready
+    /// for new streams (4 per exit). What each REQ carries; for diagnostics.
+    pub async fn subscribed_keys(&self) -> usize {
+        self.subscriptions.key_count().await
+    }
+
+    /// Whether a stream to `host` could be opened at all, without opening
+    /// one: the name parses, and a host that is not an NWS name has a way
+    /// out (a fixed exit or public-exit discovery). What
+    /// [`EntryConfig::early_reply`] checks before it answers a client.
+    ///
+    /// # Errors
+    /// [`OpenError::BadName`] or [`OpenError::NotNws`], as [`Entry::open`]
+    /// would return them.
+    pub fn check_route(&self, host: &str) -> Result<(), OpenError> {
+        match parse_host(host) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) if self.config.exit.is_some() || self.directory.is_some() => Ok(()),
+            Ok(None) => Err(OpenError::NotNws(host.to_string())),
+            Err(source) => Err(OpenError::BadName {
+                host: host.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Like [`Entry::open`], offering the stream's first bytes (an HTTP
     /// request head, say). Toward an exit that already answered this entry
     /// in version 2, up to one segment of them rides inside the `CONNECT`
@@ -332,7 +359,7 @@ impl Entry {
         exit: &ExitAddress,
         relays: Vec<RelayUrl>,
         key: &str,
-    ) -> Result<(Link, Inbox, Box<dyn std::any::Any + Send>), OpenError> {
+    ) -> Result<(Link, Inbox, Box<dyn crate::driver::Keep>), OpenError> {
         let peer = exit.public_key;
         match &self.demux {
             None => {

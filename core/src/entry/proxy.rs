@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,7 @@ pub struct EntryProxy {
     listening: Arc<AtomicUsize>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Protocol {
     Socks5,
     Http,
@@ -205,6 +207,17 @@ async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
             return;
         }
     };
+    if entry.config.early_reply {
+        return serve_early(
+            entry,
+            sock,
+            Protocol::Socks5,
+            target.host(),
+            target.port(),
+            first,
+        )
+        .await;
+    }
     match entry.open(&target.host(), target.port()).await {
         Err(e) => {
             log::info!("SOCKS5 {target}: {e}");
@@ -258,6 +271,9 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream) {
             (false, head)
         }
     };
+    if connect && entry.config.early_reply {
+        return serve_early(entry, sock, Protocol::Http, host, port, first).await;
+    }
     let early: &[u8] = if connect { &[] } else { &first };
     let stream = match entry.open_early(&host, port, early).await {
         Ok((s, sent)) => {
@@ -275,6 +291,74 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream) {
     }
     if let Err(r) = stream.run(&mut sock, first).await {
         log::debug!("HTTP proxy {host}:{port}: stream ended: {r}");
+        reset(sock);
+    }
+}
+
+/// How long an early-replied client's first bytes are waited for before the
+/// stream opens without them (a protocol where the server speaks first).
+const EARLY_WAIT: Duration = Duration::from_millis(30);
+
+/// Largest number of a client's first bytes read for the `CONNECT`, in bytes
+/// (a TLS ClientHello fits; what does not fit in the `CONNECT` follows it).
+const EARLY_READ: usize = 16 * 1024;
+
+/// A SOCKS5 or HTTP `CONNECT` client under [`EntryConfig::early_reply`]:
+/// answered with success once the name routes, then its first bytes (read
+/// for at most [`EARLY_WAIT`]) ride in the stream's `CONNECT`. A stream that
+/// then fails to open resets the client connection.
+///
+/// [`EntryConfig::early_reply`]: super::EntryConfig::early_reply
+async fn serve_early(
+    entry: &Entry,
+    mut sock: TcpStream,
+    proto: Protocol,
+    host: String,
+    port: u16,
+    mut first: Vec<u8>,
+) {
+    if let Err(e) = entry.check_route(&host) {
+        log::info!("{proto:?} {host}:{port}: {e}");
+        let _ = match proto {
+            Protocol::Socks5 => socks5::reply(&mut sock, e.socks_reply()).await,
+            Protocol::Http => http::write_error(&mut sock, e.http_status(), &e.to_string()).await,
+        };
+        return;
+    }
+    let answered = match proto {
+        Protocol::Socks5 => socks5::reply(&mut sock, socks5::ReplyCode::Succeeded).await,
+        Protocol::Http => http::write_connect_established(&mut sock).await,
+    };
+    if answered.is_err() {
+        return;
+    }
+    if first.is_empty() {
+        first.resize(EARLY_READ, 0);
+        let n = match tokio::time::timeout(EARLY_WAIT, sock.read(&mut first)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => return,
+            Err(_) => 0,
+        };
+        first.truncate(n);
+    }
+    let stream = match entry.open_early(&host, port, &first).await {
+        Ok((s, sent)) => {
+            log::debug!(
+                "{proto:?} {host}:{port}: replied early; {sent} of the client's first {} bytes \
+                 rode in the CONNECT",
+                first.len()
+            );
+            first.drain(..sent);
+            s
+        }
+        Err(e) => {
+            log::info!("{proto:?} {host}:{port} (replied early): {e}");
+            reset(sock);
+            return;
+        }
+    };
+    if let Err(r) = stream.run(&mut sock, first).await {
+        log::debug!("{proto:?} {host}:{port}: stream ended: {r}");
         reset(sock);
     }
 }

@@ -1622,6 +1622,16 @@ public struct ProxyConfig: Equatable, Hashable {
      * `public_exits`. Default none.
      */
     public let exit: String?
+    /**
+     * Answer SOCKS5 and HTTP `CONNECT` clients with success as soon as the
+     * name routes, before the exit has answered, so that their first bytes
+     * (a TLS ClientHello) ride in the stream's opening event: one relay
+     * round trip less before the first byte (about 2 relay round trips
+     * become 1). The price: when the exit refuses (its backend is down, say),
+     * the client sees a reset connection rather than a SOCKS5 reply code or
+     * HTTP status. Default `false`.
+     */
+    public let earlyReply: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1676,7 +1686,16 @@ public struct ProxyConfig: Equatable, Hashable {
          * Send hosts that are not NWS names through this one exit instead
          * (`npub1…` or `nprofile1…`; an nprofile's relays are used). Wins over
          * `public_exits`. Default none.
-         */exit: String? = nil) {
+         */exit: String? = nil, 
+        /**
+         * Answer SOCKS5 and HTTP `CONNECT` clients with success as soon as the
+         * name routes, before the exit has answered, so that their first bytes
+         * (a TLS ClientHello) ride in the stream's opening event: one relay
+         * round trip less before the first byte (about 2 relay round trips
+         * become 1). The price: when the exit refuses (its backend is down, say),
+         * the client sees a reset connection rather than a SOCKS5 reply code or
+         * HTTP status. Default `false`.
+         */earlyReply: Bool = false) {
         self.relays = relays
         self.listenHost = listenHost
         self.socks = socks
@@ -1689,6 +1708,7 @@ public struct ProxyConfig: Equatable, Hashable {
         self.legacyExits = legacyExits
         self.publicExits = publicExits
         self.exit = exit
+        self.earlyReply = earlyReply
     }
 
     
@@ -1718,7 +1738,8 @@ public struct FfiConverterTypeProxyConfig: FfiConverterRustBuffer {
                 connectTimeoutMs: FfiConverterUInt64.read(from: &buf), 
                 legacyExits: FfiConverterSequenceString.read(from: &buf), 
                 publicExits: FfiConverterBool.read(from: &buf), 
-                exit: FfiConverterOptionString.read(from: &buf)
+                exit: FfiConverterOptionString.read(from: &buf), 
+                earlyReply: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -1735,6 +1756,7 @@ public struct FfiConverterTypeProxyConfig: FfiConverterRustBuffer {
         FfiConverterSequenceString.write(value.legacyExits, into: &buf)
         FfiConverterBool.write(value.publicExits, into: &buf)
         FfiConverterOptionString.write(value.exit, into: &buf)
+        FfiConverterBool.write(value.earlyReply, into: &buf)
     }
 }
 

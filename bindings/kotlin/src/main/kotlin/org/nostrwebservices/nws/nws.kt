@@ -2881,6 +2881,17 @@ data class ProxyConfig (
      * `public_exits`. Default none.
      */
     val `exit`: kotlin.String? = null 
+    , 
+    /**
+     * Answer SOCKS5 and HTTP `CONNECT` clients with success as soon as the
+     * name routes, before the exit has answered, so that their first bytes
+     * (a TLS ClientHello) ride in the stream's opening event: one relay
+     * round trip less before the first byte (about 2 relay round trips
+     * become 1). The price: when the exit refuses (its backend is down, say),
+     * the client sees a reset connection rather than a SOCKS5 reply code or
+     * HTTP status. Default `false`.
+     */
+    val `earlyReply`: kotlin.Boolean = false 
     
 ){
     
@@ -2909,6 +2920,7 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterSequenceString.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -2924,7 +2936,8 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterULong.allocationSize(value.`connectTimeoutMs`) +
             FfiConverterSequenceString.allocationSize(value.`legacyExits`) +
             FfiConverterBoolean.allocationSize(value.`publicExits`) +
-            FfiConverterOptionalString.allocationSize(value.`exit`)
+            FfiConverterOptionalString.allocationSize(value.`exit`) +
+            FfiConverterBoolean.allocationSize(value.`earlyReply`)
     )
 
     override fun write(value: ProxyConfig, buf: ByteBuffer) {
@@ -2940,6 +2953,7 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterSequenceString.write(value.`legacyExits`, buf)
             FfiConverterBoolean.write(value.`publicExits`, buf)
             FfiConverterOptionalString.write(value.`exit`, buf)
+            FfiConverterBoolean.write(value.`earlyReply`, buf)
     }
 }
 
