@@ -1138,6 +1138,11 @@ async fn the_entry_caps_client_connections_with_a_clear_refusal() {
     assert!(s.closed);
     assert_eq!(h.http_status(), Some(503), "{}", h.text());
     assert!(h.text().contains("too many connections"), "{}", h.text());
+    // Both refusals are logged (the log is read from a pipe: wait for it).
+    net.entry_logged(&["SOCKS5", "connections already served"])
+        .await;
+    net.entry_logged(&["HTTP proxy", "connections already served"])
+        .await;
     assert_eq!(
         net.entry
             .stderr()
