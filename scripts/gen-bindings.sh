@@ -44,6 +44,18 @@ mv "$gen/raw/org/nostrwebservices/nws/nws.kt" "$out/kotlin/src/main/kotlin/org/n
 mv "$gen/raw/Nws.swift" "$out/swift/Sources/Nws/"
 mv "$gen/raw/NwsFFI.h" "$gen/raw/NwsFFI.modulemap" "$out/swift/Headers/"
 
+# One edit of the generated Kotlin: UniFFI makes an error's `message` the list of its fields
+# ("name=…, detail=…"); every NwsError variant carries the whole sentence in `detail`, so
+# `message` is that sentence (what apps show and log). Failing loudly if the pattern is gone.
+kt="$out/kotlin/src/main/kotlin/org/nostrwebservices/nws/nws.kt"
+before=$(grep -c 'get() = ".*detail=\${ `detail` }"' "$kt" || true)
+sed -i 's/get() = ".*detail=\${ `detail` }"/get() = `detail`/' "$kt"
+after=$(grep -c 'get() = `detail`' "$kt" || true)
+if [ "$before" -lt 1 ] || [ "$before" -ne "$after" ]; then
+    echo "gen-bindings: the NwsException message edit matched $before and made $after lines" >&2
+    exit 1
+fi
+
 files=(
     kotlin/src/main/kotlin/org/nostrwebservices/nws/nws.kt
     swift/Sources/Nws/Nws.swift

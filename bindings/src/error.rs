@@ -15,7 +15,13 @@ use nws_core::protocol::ErrorReason;
 use nws_core::transport::TransportError;
 
 /// Why a call into NWS failed.
+///
+/// Kotlin: `message` (and `toString()`) is the `detail` sentence; Swift: the
+/// `description`, and so `errorDescription` (`LocalizedError`; the
+/// conformance to `CustomStringConvertible` is in `NwsError+Description.swift`)
+/// is the same sentence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+#[uniffi::export(Display)]
 pub enum NwsError {
     /// `name` looks like an NWS name (`.nostr`, `npub1…`, `nprofile1…`) but
     /// does not decode.
@@ -76,6 +82,13 @@ pub enum NwsError {
         /// What was stopped.
         detail: String,
     },
+    /// The call was cancelled by the caller (see
+    /// [`NwsStream::interrupt_read`](crate::NwsStream::interrupt_read)).
+    #[error("{detail}")]
+    Cancelled {
+        /// What was cancelled.
+        detail: String,
+    },
     /// The configuration or an argument is invalid (a relay URL that does
     /// not parse, a listen host that is not an IP address, a destination
     /// without a port, …).
@@ -108,6 +121,12 @@ impl NwsError {
 
     pub(crate) fn stopped(detail: impl Into<String>) -> Self {
         Self::Stopped {
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn cancelled(detail: impl Into<String>) -> Self {
+        Self::Cancelled {
             detail: detail.into(),
         }
     }

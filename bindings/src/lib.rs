@@ -45,6 +45,15 @@ pub fn set_log_level(level: LogLevel) {
     listener::set_level(level);
 }
 
+/// How many calls into this library are still running on its runtime
+/// (diagnostics and tests: a cancelled call, such as a `read` under
+/// `withTimeout`, leaves none behind; the proxy's own listeners and streams
+/// are not counted).
+#[uniffi::export]
+pub fn active_call_count() -> u32 {
+    u32::try_from(runtime::active_tasks()).unwrap_or(u32::MAX)
+}
+
 /// The version of this library (the `nws-bindings` crate), such as `0.1.0`.
 #[uniffi::export]
 pub fn version() -> String {

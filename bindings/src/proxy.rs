@@ -15,7 +15,7 @@ use nws_core::names::{parse_host, ExitAddress};
 
 use crate::error::NwsError;
 use crate::listener::{notify_state, set_log_listener, ProxyListener};
-use crate::runtime::{run, runtime};
+use crate::runtime::{run, run_to_end, runtime};
 use crate::stream::{open_on, NwsStream};
 
 /// Longest user name or password SOCKS5 can carry (RFC 1929), in bytes.
@@ -112,12 +112,26 @@ impl ProxyConfig {
 
 /// A user name and password for the proxy: SOCKS5 username/password
 /// authentication (RFC 1929) and HTTP `Proxy-Authorization: Basic` (RFC 7617).
+///
+/// Its Kotlin `toString()` and Swift `description` / `debugDescription`
+/// never show the password (they are this type's Rust `Display` and `Debug`).
 #[derive(Clone, PartialEq, Eq, uniffi::Record)]
+#[uniffi::export(Debug, Display)]
 pub struct ProxyCredentials {
     /// The user name.
     pub username: String,
     /// The password.
     pub password: String,
+}
+
+impl std::fmt::Display for ProxyCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ProxyCredentials(username={}, password=<redacted>)",
+            self.username
+        )
+    }
 }
 
 impl std::fmt::Debug for ProxyCredentials {
@@ -364,8 +378,11 @@ impl NwsProxy {
     ///
     /// [`NwsError::Io`] if a port cannot be bound (say a fixed port in use),
     /// [`NwsError::Relay`] if the relay pool refuses the relays.
+    ///
+    /// Cancelling the call (a cancelled coroutine or Swift `Task`) leaves the
+    /// proxy stopped: the start runs to its end and is then undone.
     pub async fn start(self: Arc<Self>) -> Result<ProxyInfo, NwsError> {
-        run(async move { self.start_inner(false).await }).await
+        self.start_call(false).await
     }
 
     /// Stops the proxy if it runs and starts it again on the same ports (when
@@ -377,7 +394,7 @@ impl NwsProxy {
     ///
     /// As [`start`](NwsProxy::start).
     pub async fn restart(self: Arc<Self>) -> Result<ProxyInfo, NwsError> {
-        run(async move { self.start_inner(true).await }).await
+        self.start_call(true).await
     }
 
     /// Stops listening, closes every client connection and stream, and
@@ -388,13 +405,7 @@ impl NwsProxy {
     /// [`NwsError::Internal`] only if the runtime failed.
     pub async fn stop(self: Arc<Self>) -> Result<(), NwsError> {
         run(async move {
-            let mut lifecycle = self.lifecycle.lock().await;
-            if let Some(running) = lifecycle.running.take() {
-                self.set_state(ProxyState::Stopping, None);
-                running.proxy.stop().await;
-                self.set_state(ProxyState::Stopped, None);
-                log::info!("proxy stopped");
-            }
+            self.stop_inner().await;
             Ok(())
         })
         .await
@@ -490,7 +501,83 @@ impl NwsProxy {
     }
 }
 
+/// Where a `start()` or `restart()` call is, shared by the call's future and
+/// its task (see [`NwsProxy::start_call`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartCall {
+    /// The task is starting the proxy; the caller waits.
+    Waiting,
+    /// The caller stopped waiting: the task stops the proxy when it is done.
+    Cancelled,
+    /// The task is done (its result may not have reached the caller).
+    Finished,
+}
+
+/// Undoes a start whose caller stopped waiting (dropped before
+/// [`CancelledStart::disarm`]).
+struct CancelledStart {
+    proxy: Arc<NwsProxy>,
+    call: Arc<Mutex<StartCall>>,
+    armed: bool,
+}
+
+impl Drop for CancelledStart {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut call = lock(&self.call);
+        match *call {
+            StartCall::Waiting => *call = StartCall::Cancelled,
+            StartCall::Finished => {
+                // Started, but the caller never saw it: stop it again.
+                let proxy = self.proxy.clone();
+                if let Ok(rt) = runtime() {
+                    rt.spawn(async move { proxy.stop_inner().await });
+                }
+            }
+            StartCall::Cancelled => {}
+        }
+    }
+}
+
 impl NwsProxy {
+    /// `start()` and `restart()`: the start runs to its end in a task; if
+    /// the caller stopped waiting meanwhile, the proxy is stopped again, so
+    /// that a cancelled start never leaves it running.
+    async fn start_call(self: Arc<Self>, restart: bool) -> Result<ProxyInfo, NwsError> {
+        let call = Arc::new(Mutex::new(StartCall::Waiting));
+        let mut guard = CancelledStart {
+            proxy: self.clone(),
+            call: call.clone(),
+            armed: true,
+        };
+        let result = run_to_end(async move {
+            let result = self.start_inner(restart).await;
+            let cancelled =
+                std::mem::replace(&mut *lock(&call), StartCall::Finished) == StartCall::Cancelled;
+            if cancelled {
+                log::info!("start cancelled by the caller: stopping again");
+                self.stop_inner().await;
+                return Err(NwsError::stopped("the start was cancelled"));
+            }
+            result
+        })
+        .await;
+        guard.armed = false;
+        result
+    }
+
+    async fn stop_inner(&self) {
+        let mut lifecycle = self.lifecycle.lock().await;
+        if let Some(running) = lifecycle.running.take() {
+            self.set_state(ProxyState::Stopping, None);
+            running.proxy.stop().await;
+            self.set_state(ProxyState::Stopped, None);
+            log::info!("proxy stopped");
+        }
+    }
+
     async fn entry(&self) -> Option<Entry> {
         let lifecycle = self.lifecycle.lock().await;
         lifecycle.running.as_ref().map(|r| r.proxy.entry().clone())
@@ -629,6 +716,40 @@ fn reusable_port(host: IpAddr, configured: u16, last: Option<u16>) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `start()` whose caller stops waiting at various moments ends with
+    /// the proxy stopped; one left alone ends running.
+    #[test]
+    fn a_cancelled_start_leaves_the_proxy_stopped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for wait_us in [0u64, 50, 200, 1000, 5000] {
+            let proxy = NwsProxy::new(ProxyConfig::new(vec![])).unwrap();
+            rt.block_on(async {
+                let call = proxy.clone().start();
+                let r = tokio::time::timeout(Duration::from_micros(wait_us), call).await;
+                if let Ok(started) = r {
+                    // It finished before the caller gave up: not cancelled.
+                    started.unwrap();
+                    proxy.clone().stop().await.unwrap();
+                }
+                for _ in 0..200 {
+                    if proxy.state() == ProxyState::Stopped && proxy.info().is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            assert_eq!(
+                proxy.state(),
+                ProxyState::Stopped,
+                "cancelled after {wait_us} us"
+            );
+            assert!(proxy.info().is_none());
+        }
+    }
 
     #[test]
     fn rejects_a_relay_url_that_does_not_parse() {

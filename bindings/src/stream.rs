@@ -7,6 +7,7 @@
 //! the other end.
 
 use nws_core::sync::lock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ use crate::runtime::run;
 const PIPE_BYTES: usize = 64 * 1024;
 /// Largest read, in bytes (bigger requests are cut to this).
 const MAX_READ: u32 = 1024 * 1024;
+/// Most bytes one `wait_readable` takes from the pipe, in bytes (the pipe
+/// holds at most [`PIPE_BYTES`]).
+const READ_CHUNK: usize = PIPE_BYTES;
 /// How long a read that saw the end of the stream waits to learn whether
 /// the stream was aborted rather than closed.
 const OUTCOME_WAIT: Duration = Duration::from_millis(50);
@@ -39,6 +43,12 @@ pub struct NwsStream {
     writer: tokio::sync::Mutex<Option<WriteHalf<DuplexStream>>>,
     task: Mutex<Option<JoinHandle<Result<(), StreamError>>>>,
     aborted: Mutex<Option<StreamError>>,
+    /// Bytes read from the stream and not yet taken by `read_now`.
+    ready: Mutex<std::collections::VecDeque<u8>>,
+    /// Set by [`NwsStream::interrupt_read`]; taken by the `read` it ends.
+    interrupted: AtomicBool,
+    /// Wakes a pending `read` for [`NwsStream::interrupt_read`].
+    interrupt: tokio::sync::Notify,
 }
 
 /// Opens a stream to `destination`, `host:port` where host is an NWS name
@@ -67,9 +77,13 @@ pub async fn open_stream(
             })
             .collect::<Result<Vec<_>, _>>()?;
         let entry = Entry::new(EntryConfig::new(relays)).await?;
-        let opened = open_on(entry.clone(), true, &destination).await;
-        if opened.is_err() {
-            entry.shutdown().await;
+        // Shut down if the stream does not open, and if the call is
+        // cancelled meanwhile (the task is then aborted mid-open).
+        let mut pending = ShutdownOnDrop(Some(entry.clone()));
+        let opened = open_on(entry, true, &destination).await;
+        if opened.is_ok() {
+            // The stream's own task shuts the entry down when it ends.
+            pending.0 = None;
         }
         opened
     })
@@ -101,7 +115,23 @@ pub(crate) async fn open_on(
         writer: tokio::sync::Mutex::new(Some(writer)),
         task: Mutex::new(Some(task)),
         aborted: Mutex::new(None),
+        ready: Mutex::new(std::collections::VecDeque::new()),
+        interrupted: AtomicBool::new(false),
+        interrupt: tokio::sync::Notify::new(),
     }))
+}
+
+/// Shuts its entry down (in a task of its own) when dropped, unless taken.
+struct ShutdownOnDrop(Option<Entry>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.take() {
+            if let Ok(rt) = crate::runtime::runtime() {
+                rt.spawn(async move { entry.shutdown().await });
+            }
+        }
+    }
 }
 
 /// Splits `host:port`.
@@ -126,35 +156,93 @@ impl NwsStream {
         self.destination.clone()
     }
 
-    /// Waits for bytes from the backend and returns 1 to `max_bytes` of
-    /// them (at most 1 MiB), or an empty array at the end of the stream
-    /// (the backend closed its side).
+    /// Waits until bytes from the backend are ready for [`read_now`]
+    /// (`true`), or the backend has closed its side and every byte was read
+    /// (`false`). The Kotlin and Swift `read(maxBytes)` (hand-written, in
+    /// `NwsStreamRead.kt` and `NwsStream+Read.swift`) loop on this and
+    /// `read_now`.
+    ///
+    /// Cancel-safe: bytes it takes from the stream are kept in the stream
+    /// before it returns, so a call cancelled at any point (even after it
+    /// completed, before the caller saw the result) loses none.
     ///
     /// # Errors
     ///
     /// [`NwsError::ExitRefused`] if the exit aborted the stream (with its
-    /// reason), [`NwsError::Stopped`] after `close()`.
-    pub async fn read(self: Arc<Self>, max_bytes: u32) -> Result<Vec<u8>, NwsError> {
-        run(async move {
+    /// reason), [`NwsError::Stopped`] after `close()`,
+    /// [`NwsError::Cancelled`] after [`interrupt_read`](Self::interrupt_read).
+    ///
+    /// [`read_now`]: Self::read_now
+    pub async fn wait_readable(self: Arc<Self>) -> Result<bool, NwsError> {
+        if !lock(&self.ready).is_empty() {
+            return Ok(true);
+        }
+        let n = {
             let mut guard = self.reader.lock().await;
             let reader = guard
                 .as_mut()
                 .ok_or_else(|| NwsError::stopped("the stream is closed"))?;
-            let mut buf = vec![0; max_bytes.clamp(1, MAX_READ) as usize];
-            let n = reader.read(&mut buf).await?;
-            if n == 0 {
-                if let Some(reason) = self.abort_reason(OUTCOME_WAIT).await {
-                    return Err(reason.into());
+            if !lock(&self.ready).is_empty() {
+                return Ok(true);
+            }
+            let interrupted = self.interrupt.notified();
+            tokio::pin!(interrupted);
+            interrupted.as_mut().enable();
+            if self.interrupted.swap(false, Ordering::SeqCst) {
+                return Err(NwsError::cancelled("the read was interrupted"));
+            }
+            // Polled by the caller's executor, not spawned: the in-memory
+            // pipe needs no runtime. What `read` returns is put into `ready`
+            // in the same poll, before this future can be dropped.
+            let mut buf = vec![0u8; READ_CHUNK];
+            tokio::select! {
+                n = reader.read(&mut buf) => {
+                    let n = n?;
+                    lock(&self.ready).extend(&buf[..n]);
+                    n
+                }
+                _ = interrupted => {
+                    self.interrupted.store(false, Ordering::SeqCst);
+                    return Err(NwsError::cancelled("the read was interrupted"));
                 }
             }
-            buf.truncate(n);
-            Ok(buf)
-        })
-        .await
+        };
+        if n == 0 {
+            let this = self.clone();
+            let reason = run(async move { Ok(this.abort_reason(OUTCOME_WAIT).await) }).await?;
+            if let Some(reason) = reason {
+                return Err(reason.into());
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Takes up to `max_bytes` (at least 1, at most 1 MiB) of the bytes
+    /// [`wait_readable`](Self::wait_readable) made ready, without waiting;
+    /// empty if there are none.
+    pub fn read_now(&self, max_bytes: u32) -> Vec<u8> {
+        let mut ready = lock(&self.ready);
+        let n = ready.len().min(max_bytes.clamp(1, MAX_READ) as usize);
+        ready.drain(..n).collect()
+    }
+
+    /// Ends the [`wait_readable`](Self::wait_readable) (and so the `read`)
+    /// that is waiting now, or if none is the next one, with
+    /// [`NwsError::Cancelled`], taking no bytes: the next `read` returns
+    /// them. For callers whose executor cannot cancel a call: the Swift
+    /// `read` calls it from `withTaskCancellationHandler`
+    /// (`NwsStream+Read.swift`), because a generated Swift `async` call runs
+    /// on after its `Task` is cancelled.
+    pub fn interrupt_read(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        self.interrupt.notify_waiters();
     }
 
     /// Sends all of `data` (returns once it is queued for the stream, which
-    /// applies back-pressure: a slow peer makes this wait).
+    /// applies back-pressure: a slow peer makes this wait). A `write`
+    /// cancelled while it waits may have queued a first part of `data`;
+    /// the stream stays usable, with that part sent.
     ///
     /// # Errors
     ///

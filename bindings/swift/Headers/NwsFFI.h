@@ -372,14 +372,45 @@ uint64_t uniffi_nws_fn_method_nwsstream_close(uint64_t ptr
 RustBuffer uniffi_nws_fn_method_nwsstream_destination(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_READ
-#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_READ
-uint64_t uniffi_nws_fn_method_nwsstream_read(uint64_t ptr, uint32_t max_bytes
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_INTERRUPT_READ
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_INTERRUPT_READ
+void uniffi_nws_fn_method_nwsstream_interrupt_read(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_READ_NOW
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_READ_NOW
+RustBuffer uniffi_nws_fn_method_nwsstream_read_now(uint64_t ptr, uint32_t max_bytes, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_WAIT_READABLE
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_WAIT_READABLE
+uint64_t uniffi_nws_fn_method_nwsstream_wait_readable(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_WRITE
 #define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSSTREAM_WRITE
 uint64_t uniffi_nws_fn_method_nwsstream_write(uint64_t ptr, RustBuffer data
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSERROR_UNIFFI_TRAIT_DISPLAY
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSERROR_UNIFFI_TRAIT_DISPLAY
+RustBuffer uniffi_nws_fn_method_nwserror_uniffi_trait_display(RustBuffer ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYCREDENTIALS_UNIFFI_TRAIT_DEBUG
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYCREDENTIALS_UNIFFI_TRAIT_DEBUG
+RustBuffer uniffi_nws_fn_method_proxycredentials_uniffi_trait_debug(RustBuffer ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYCREDENTIALS_UNIFFI_TRAIT_DISPLAY
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYCREDENTIALS_UNIFFI_TRAIT_DISPLAY
+RustBuffer uniffi_nws_fn_method_proxycredentials_uniffi_trait_display(RustBuffer ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_FUNC_ACTIVE_CALL_COUNT
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_FUNC_ACTIVE_CALL_COUNT
+uint32_t uniffi_nws_fn_func_active_call_count(RustCallStatus *_Nonnull out_status
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_FUNC_SET_LOG_LEVEL
@@ -668,6 +699,12 @@ void ffi_nws_rust_future_free_void(uint64_t handle
 void ffi_nws_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_ACTIVE_CALL_COUNT
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_ACTIVE_CALL_COUNT
+uint16_t uniffi_nws_checksum_func_active_call_count(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_SET_LOG_LEVEL
 #define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_FUNC_SET_LOG_LEVEL
 uint16_t uniffi_nws_checksum_func_set_log_level(void
@@ -776,9 +813,21 @@ uint16_t uniffi_nws_checksum_method_nwsstream_destination(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_READ
-#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_READ
-uint16_t uniffi_nws_checksum_method_nwsstream_read(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_INTERRUPT_READ
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_INTERRUPT_READ
+uint16_t uniffi_nws_checksum_method_nwsstream_interrupt_read(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_READ_NOW
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_READ_NOW
+uint16_t uniffi_nws_checksum_method_nwsstream_read_now(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_WAIT_READABLE
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSSTREAM_WAIT_READABLE
+uint16_t uniffi_nws_checksum_method_nwsstream_wait_readable(void
     
 );
 #endif

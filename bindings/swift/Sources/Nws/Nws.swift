@@ -680,6 +680,9 @@ public protocol NwsProxyProtocol: AnyObject, Sendable {
      *
      * [`NwsError::Io`] if a port cannot be bound (say a fixed port in use),
      * [`NwsError::Relay`] if the relay pool refuses the relays.
+     *
+     * Cancelling the call (a cancelled coroutine or Swift `Task`) leaves the
+     * proxy stopped: the start runs to its end and is then undone.
      */
     func start() async throws  -> ProxyInfo
     
@@ -906,6 +909,9 @@ open func setListener(listener: ProxyListener?)  {try! rustCall() {
      *
      * [`NwsError::Io`] if a port cannot be bound (say a fixed port in use),
      * [`NwsError::Relay`] if the relay pool refuses the relays.
+     *
+     * Cancelling the call (a cancelled coroutine or Swift `Task`) leaves the
+     * proxy stopped: the start runs to its end and is then undone.
      */
 open func start()async throws  -> ProxyInfo  {
     return
@@ -1061,20 +1067,49 @@ public protocol NwsStreamProtocol: AnyObject, Sendable {
     func destination()  -> String
     
     /**
-     * Waits for bytes from the backend and returns 1 to `max_bytes` of
-     * them (at most 1 MiB), or an empty array at the end of the stream
-     * (the backend closed its side).
+     * Ends the [`wait_readable`](Self::wait_readable) (and so the `read`)
+     * that is waiting now, or if none is the next one, with
+     * [`NwsError::Cancelled`], taking no bytes: the next `read` returns
+     * them. For callers whose executor cannot cancel a call: the Swift
+     * `read` calls it from `withTaskCancellationHandler`
+     * (`NwsStream+Read.swift`), because a generated Swift `async` call runs
+     * on after its `Task` is cancelled.
+     */
+    func interruptRead() 
+    
+    /**
+     * Takes up to `max_bytes` (at least 1, at most 1 MiB) of the bytes
+     * [`wait_readable`](Self::wait_readable) made ready, without waiting;
+     * empty if there are none.
+     */
+    func readNow(maxBytes: UInt32)  -> Data
+    
+    /**
+     * Waits until bytes from the backend are ready for [`read_now`]
+     * (`true`), or the backend has closed its side and every byte was read
+     * (`false`). The Kotlin and Swift `read(maxBytes)` (hand-written, in
+     * `NwsStreamRead.kt` and `NwsStream+Read.swift`) loop on this and
+     * `read_now`.
+     *
+     * Cancel-safe: bytes it takes from the stream are kept in the stream
+     * before it returns, so a call cancelled at any point (even after it
+     * completed, before the caller saw the result) loses none.
      *
      * # Errors
      *
      * [`NwsError::ExitRefused`] if the exit aborted the stream (with its
-     * reason), [`NwsError::Stopped`] after `close()`.
+     * reason), [`NwsError::Stopped`] after `close()`,
+     * [`NwsError::Cancelled`] after [`interrupt_read`](Self::interrupt_read).
+     *
+     * [`read_now`]: Self::read_now
      */
-    func read(maxBytes: UInt32) async throws  -> Data
+    func waitReadable() async throws  -> Bool
     
     /**
      * Sends all of `data` (returns once it is queued for the stream, which
-     * applies back-pressure: a slow peer makes this wait).
+     * applies back-pressure: a slow peer makes this wait). A `write`
+     * cancelled while it waits may have queued a first part of `data`;
+     * the stream stays usable, with that part sent.
      *
      * # Errors
      *
@@ -1185,34 +1220,77 @@ open func destination() -> String  {
 }
     
     /**
-     * Waits for bytes from the backend and returns 1 to `max_bytes` of
-     * them (at most 1 MiB), or an empty array at the end of the stream
-     * (the backend closed its side).
+     * Ends the [`wait_readable`](Self::wait_readable) (and so the `read`)
+     * that is waiting now, or if none is the next one, with
+     * [`NwsError::Cancelled`], taking no bytes: the next `read` returns
+     * them. For callers whose executor cannot cancel a call: the Swift
+     * `read` calls it from `withTaskCancellationHandler`
+     * (`NwsStream+Read.swift`), because a generated Swift `async` call runs
+     * on after its `Task` is cancelled.
+     */
+open func interruptRead()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nws_fn_method_nwsstream_interrupt_read(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Takes up to `max_bytes` (at least 1, at most 1 MiB) of the bytes
+     * [`wait_readable`](Self::wait_readable) made ready, without waiting;
+     * empty if there are none.
+     */
+open func readNow(maxBytes: UInt32) -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nws_fn_method_nwsstream_read_now(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt32.lower(maxBytes),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Waits until bytes from the backend are ready for [`read_now`]
+     * (`true`), or the backend has closed its side and every byte was read
+     * (`false`). The Kotlin and Swift `read(maxBytes)` (hand-written, in
+     * `NwsStreamRead.kt` and `NwsStream+Read.swift`) loop on this and
+     * `read_now`.
+     *
+     * Cancel-safe: bytes it takes from the stream are kept in the stream
+     * before it returns, so a call cancelled at any point (even after it
+     * completed, before the caller saw the result) loses none.
      *
      * # Errors
      *
      * [`NwsError::ExitRefused`] if the exit aborted the stream (with its
-     * reason), [`NwsError::Stopped`] after `close()`.
+     * reason), [`NwsError::Stopped`] after `close()`,
+     * [`NwsError::Cancelled`] after [`interrupt_read`](Self::interrupt_read).
+     *
+     * [`read_now`]: Self::read_now
      */
-open func read(maxBytes: UInt32)async throws  -> Data  {
+open func waitReadable()async throws  -> Bool  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
-                uniffi_nws_fn_method_nwsstream_read(
-                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(maxBytes)
+                uniffi_nws_fn_method_nwsstream_wait_readable(
+                        self.uniffiCloneHandle()
                 )
             },
-            pollFunc: ffi_nws_rust_future_poll_rust_buffer,
-            completeFunc: ffi_nws_rust_future_complete_rust_buffer,
-            freeFunc: ffi_nws_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterData.lift,
+            pollFunc: ffi_nws_rust_future_poll_i8,
+            completeFunc: ffi_nws_rust_future_complete_i8,
+            freeFunc: ffi_nws_rust_future_free_i8,
+            liftFunc: FfiConverterBool.lift,
             errorHandler: FfiConverterTypeNwsError_lift
         )
 }
     
     /**
      * Sends all of `data` (returns once it is queued for the stream, which
-     * applies back-pressure: a slow peer makes this wait).
+     * applies back-pressure: a slow peer makes this wait). A `write`
+     * cancelled while it waits may have queued a first part of `data`;
+     * the stream stays usable, with that part sent.
      *
      * # Errors
      *
@@ -1779,8 +1857,11 @@ public func FfiConverterTypeProxyConfig_lower(_ value: ProxyConfig) -> RustBuffe
 /**
  * A user name and password for the proxy: SOCKS5 username/password
  * authentication (RFC 1929) and HTTP `Proxy-Authorization: Basic` (RFC 7617).
+ *
+ * Its Kotlin `toString()` and Swift `description` / `debugDescription`
+ * never show the password (they are this type's Rust `Display` and `Debug`).
  */
-public struct ProxyCredentials: Equatable, Hashable {
+public struct ProxyCredentials: Equatable, Hashable, CustomDebugStringConvertible, CustomStringConvertible {
     /**
      * The user name.
      */
@@ -1806,6 +1887,28 @@ public struct ProxyCredentials: Equatable, Hashable {
     
 
     
+// The local Rust `Debug` implementation.
+public var debugDescription: String {
+    return try!  FfiConverterString.lift(
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nws_fn_method_proxycredentials_uniffi_trait_debug(
+            FfiConverterTypeProxyCredentials_lower(self),uniffiCallStatus
+    )
+}
+    )
+}
+// The local Rust `Display` implementation.
+public var description: String {
+    return try!  FfiConverterString.lift(
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nws_fn_method_proxycredentials_uniffi_trait_display(
+            FfiConverterTypeProxyCredentials_lower(self),uniffiCallStatus
+    )
+}
+    )
+}
 }
 
 #if compiler(>=6)
@@ -2245,6 +2348,11 @@ public func FfiConverterTypeLogLevel_lower(_ value: LogLevel) -> RustBuffer {
 
 /**
  * Why a call into NWS failed.
+ *
+ * Kotlin: `message` (and `toString()`) is the `detail` sentence; Swift: the
+ * `description`, and so `errorDescription` (`LocalizedError`; the
+ * conformance to `CustomStringConvertible` is in `NwsError+Description.swift`)
+ * is the same sentence.
  */
 public 
 enum NwsError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
@@ -2329,6 +2437,15 @@ enum NwsError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          */detail: String
     )
     /**
+     * The call was cancelled by the caller (see
+     * [`NwsStream::interrupt_read`](crate::NwsStream::interrupt_read)).
+     */
+    case Cancelled(
+        /**
+         * What was cancelled.
+         */detail: String
+    )
+    /**
      * The configuration or an argument is invalid (a relay URL that does
      * not parse, a listen host that is not an IP address, a destination
      * without a port, …).
@@ -2359,6 +2476,17 @@ enum NwsError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     
 
     
+// The local Rust `Display` implementation.
+public var description: String {
+    return try!  FfiConverterString.lift(
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nws_fn_method_nwserror_uniffi_trait_display(
+            FfiConverterTypeNwsError_lower(self),uniffiCallStatus
+    )
+}
+    )
+}
 
     
     public var errorDescription: String? {
@@ -2409,13 +2537,16 @@ public struct FfiConverterTypeNwsError: FfiConverterRustBuffer {
         case 7: return .Stopped(
             detail: try FfiConverterString.read(from: &buf)
             )
-        case 8: return .InvalidConfig(
+        case 8: return .Cancelled(
             detail: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .Io(
+        case 9: return .InvalidConfig(
             detail: try FfiConverterString.read(from: &buf)
             )
-        case 10: return .Internal(
+        case 10: return .Io(
+            detail: try FfiConverterString.read(from: &buf)
+            )
+        case 11: return .Internal(
             detail: try FfiConverterString.read(from: &buf)
             )
 
@@ -2469,18 +2600,23 @@ public struct FfiConverterTypeNwsError: FfiConverterRustBuffer {
             FfiConverterString.write(detail, into: &buf)
             
         
-        case let .InvalidConfig(detail):
+        case let .Cancelled(detail):
             writeInt(&buf, Int32(8))
             FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Io(detail):
+        case let .InvalidConfig(detail):
             writeInt(&buf, Int32(9))
             FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Internal(detail):
+        case let .Io(detail):
             writeInt(&buf, Int32(10))
+            FfiConverterString.write(detail, into: &buf)
+            
+        
+        case let .Internal(detail):
+            writeInt(&buf, Int32(11))
             FfiConverterString.write(detail, into: &buf)
             
         }
@@ -2791,6 +2927,19 @@ fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: In
     }
 }
 /**
+ * How many calls into this library are still running on its runtime
+ * (diagnostics and tests: a cancelled call, such as a `read` under
+ * `withTimeout`, leaves none behind; the proxy's own listeners and streams
+ * are not counted).
+ */
+public func activeCallCount() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nws_fn_func_active_call_count(uniffiCallStatus
+    )
+})
+}
+/**
  * Sets the most verbose log level that reaches logcat (on Android) and the
  * listeners, for the whole process. The default is [`LogLevel::Info`].
  */
@@ -2906,6 +3055,9 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_nws_checksum_func_active_call_count() != 56436) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_nws_checksum_func_set_log_level() != 24515) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2942,7 +3094,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_nws_checksum_method_nwsproxy_set_listener() != 2084) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_nws_checksum_method_nwsproxy_start() != 4053) {
+    if (uniffi_nws_checksum_method_nwsproxy_start() != 1585) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_method_nwsproxy_state() != 36065) {
@@ -2960,10 +3112,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_nws_checksum_method_nwsstream_destination() != 60923) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_nws_checksum_method_nwsstream_read() != 63469) {
+    if (uniffi_nws_checksum_method_nwsstream_interrupt_read() != 4455) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_nws_checksum_method_nwsstream_write() != 13462) {
+    if (uniffi_nws_checksum_method_nwsstream_read_now() != 19282) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nws_checksum_method_nwsstream_wait_readable() != 9915) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nws_checksum_method_nwsstream_write() != 13359) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_constructor_nwsproxy_new() != 35710) {

@@ -710,6 +710,8 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_nws_checksum_func_active_call_count(
+    ): Int
     external fun uniffi_nws_checksum_func_set_log_level(
     ): Int
     external fun uniffi_nws_checksum_func_version(
@@ -746,7 +748,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_nws_checksum_method_nwsstream_destination(
     ): Int
-    external fun uniffi_nws_checksum_method_nwsstream_read(
+    external fun uniffi_nws_checksum_method_nwsstream_interrupt_read(
+    ): Int
+    external fun uniffi_nws_checksum_method_nwsstream_read_now(
+    ): Int
+    external fun uniffi_nws_checksum_method_nwsstream_wait_readable(
     ): Int
     external fun uniffi_nws_checksum_method_nwsstream_write(
     ): Int
@@ -815,10 +821,22 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_nws_fn_method_nwsstream_destination(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_nws_fn_method_nwsstream_read(`ptr`: Long,`maxBytes`: Int,
+    external fun uniffi_nws_fn_method_nwsstream_interrupt_read(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_nws_fn_method_nwsstream_read_now(`ptr`: Long,`maxBytes`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_nws_fn_method_nwsstream_wait_readable(`ptr`: Long,
     ): Long
     external fun uniffi_nws_fn_method_nwsstream_write(`ptr`: Long,`data`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_nws_fn_method_nwserror_uniffi_trait_display(`ptr`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_nws_fn_method_proxycredentials_uniffi_trait_debug(`ptr`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_nws_fn_method_proxycredentials_uniffi_trait_display(`ptr`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_nws_fn_func_active_call_count(uniffi_out_err: UniffiRustCallStatus, 
+    ): Int
     external fun uniffi_nws_fn_func_set_log_level(`level`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_nws_fn_func_version(uniffi_out_err: UniffiRustCallStatus, 
@@ -948,6 +966,9 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_nws_checksum_func_active_call_count() and 0xFFFF) != 56436) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_nws_checksum_func_set_log_level() and 0xFFFF) != 24515) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -984,7 +1005,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_nws_checksum_method_nwsproxy_set_listener() and 0xFFFF) != 2084) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_nws_checksum_method_nwsproxy_start() and 0xFFFF) != 4053) {
+    if ((lib.uniffi_nws_checksum_method_nwsproxy_start() and 0xFFFF) != 1585) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_method_nwsproxy_state() and 0xFFFF) != 36065) {
@@ -1002,10 +1023,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_nws_checksum_method_nwsstream_destination() and 0xFFFF) != 60923) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_nws_checksum_method_nwsstream_read() and 0xFFFF) != 63469) {
+    if ((lib.uniffi_nws_checksum_method_nwsstream_interrupt_read() and 0xFFFF) != 4455) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_nws_checksum_method_nwsstream_write() and 0xFFFF) != 13462) {
+    if ((lib.uniffi_nws_checksum_method_nwsstream_read_now() and 0xFFFF) != 19282) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nws_checksum_method_nwsstream_wait_readable() and 0xFFFF) != 9915) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nws_checksum_method_nwsstream_write() and 0xFFFF) != 13359) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_constructor_nwsproxy_new() and 0xFFFF) != 35710) {
@@ -1580,6 +1607,9 @@ public interface NwsProxyInterface {
      *
      * [`NwsError::Io`] if a port cannot be bound (say a fixed port in use),
      * [`NwsError::Relay`] if the relay pool refuses the relays.
+     *
+     * Cancelling the call (a cancelled coroutine or Swift `Task`) leaves the
+     * proxy stopped: the start runs to its end and is then undone.
      */
     suspend fun `start`(): ProxyInfo
     
@@ -1882,6 +1912,9 @@ open class NwsProxy: Disposable, AutoCloseable, NwsProxyInterface
      *
      * [`NwsError::Io`] if a port cannot be bound (say a fixed port in use),
      * [`NwsError::Relay`] if the relay pool refuses the relays.
+     *
+     * Cancelling the call (a cancelled coroutine or Swift `Task`) leaves the
+     * proxy stopped: the start runs to its end and is then undone.
      */
     @Throws(NwsException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -2140,20 +2173,49 @@ public interface NwsStreamInterface {
     fun `destination`(): kotlin.String
     
     /**
-     * Waits for bytes from the backend and returns 1 to `max_bytes` of
-     * them (at most 1 MiB), or an empty array at the end of the stream
-     * (the backend closed its side).
+     * Ends the [`wait_readable`](Self::wait_readable) (and so the `read`)
+     * that is waiting now, or if none is the next one, with
+     * [`NwsError::Cancelled`], taking no bytes: the next `read` returns
+     * them. For callers whose executor cannot cancel a call: the Swift
+     * `read` calls it from `withTaskCancellationHandler`
+     * (`NwsStream+Read.swift`), because a generated Swift `async` call runs
+     * on after its `Task` is cancelled.
+     */
+    fun `interruptRead`()
+    
+    /**
+     * Takes up to `max_bytes` (at least 1, at most 1 MiB) of the bytes
+     * [`wait_readable`](Self::wait_readable) made ready, without waiting;
+     * empty if there are none.
+     */
+    fun `readNow`(`maxBytes`: kotlin.UInt): kotlin.ByteArray
+    
+    /**
+     * Waits until bytes from the backend are ready for [`read_now`]
+     * (`true`), or the backend has closed its side and every byte was read
+     * (`false`). The Kotlin and Swift `read(maxBytes)` (hand-written, in
+     * `NwsStreamRead.kt` and `NwsStream+Read.swift`) loop on this and
+     * `read_now`.
+     *
+     * Cancel-safe: bytes it takes from the stream are kept in the stream
+     * before it returns, so a call cancelled at any point (even after it
+     * completed, before the caller saw the result) loses none.
      *
      * # Errors
      *
      * [`NwsError::ExitRefused`] if the exit aborted the stream (with its
-     * reason), [`NwsError::Stopped`] after `close()`.
+     * reason), [`NwsError::Stopped`] after `close()`,
+     * [`NwsError::Cancelled`] after [`interrupt_read`](Self::interrupt_read).
+     *
+     * [`read_now`]: Self::read_now
      */
-    suspend fun `read`(`maxBytes`: kotlin.UInt): kotlin.ByteArray
+    suspend fun `waitReadable`(): kotlin.Boolean
     
     /**
      * Sends all of `data` (returns once it is queued for the stream, which
-     * applies back-pressure: a slow peer makes this wait).
+     * applies back-pressure: a slow peer makes this wait). A `write`
+     * cancelled while it waits may have queued a first part of `data`;
+     * the stream stays usable, with that part sent.
      *
      * # Errors
      *
@@ -2325,31 +2387,79 @@ open class NwsStream: Disposable, AutoCloseable, NwsStreamInterface
 
     
     /**
-     * Waits for bytes from the backend and returns 1 to `max_bytes` of
-     * them (at most 1 MiB), or an empty array at the end of the stream
-     * (the backend closed its side).
+     * Ends the [`wait_readable`](Self::wait_readable) (and so the `read`)
+     * that is waiting now, or if none is the next one, with
+     * [`NwsError::Cancelled`], taking no bytes: the next `read` returns
+     * them. For callers whose executor cannot cancel a call: the Swift
+     * `read` calls it from `withTaskCancellationHandler`
+     * (`NwsStream+Read.swift`), because a generated Swift `async` call runs
+     * on after its `Task` is cancelled.
+     */override fun `interruptRead`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_nws_fn_method_nwsstream_interrupt_read(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Takes up to `max_bytes` (at least 1, at most 1 MiB) of the bytes
+     * [`wait_readable`](Self::wait_readable) made ready, without waiting;
+     * empty if there are none.
+     */override fun `readNow`(`maxBytes`: kotlin.UInt): kotlin.ByteArray {
+            return FfiConverterByteArray.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_nws_fn_method_nwsstream_read_now(
+        it,
+        
+        FfiConverterUInt.lower(`maxBytes`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Waits until bytes from the backend are ready for [`read_now`]
+     * (`true`), or the backend has closed its side and every byte was read
+     * (`false`). The Kotlin and Swift `read(maxBytes)` (hand-written, in
+     * `NwsStreamRead.kt` and `NwsStream+Read.swift`) loop on this and
+     * `read_now`.
+     *
+     * Cancel-safe: bytes it takes from the stream are kept in the stream
+     * before it returns, so a call cancelled at any point (even after it
+     * completed, before the caller saw the result) loses none.
      *
      * # Errors
      *
      * [`NwsError::ExitRefused`] if the exit aborted the stream (with its
-     * reason), [`NwsError::Stopped`] after `close()`.
+     * reason), [`NwsError::Stopped`] after `close()`,
+     * [`NwsError::Cancelled`] after [`interrupt_read`](Self::interrupt_read).
+     *
+     * [`read_now`]: Self::read_now
      */
     @Throws(NwsException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `read`(`maxBytes`: kotlin.UInt) : kotlin.ByteArray {
+    override suspend fun `waitReadable`() : kotlin.Boolean {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_nws_fn_method_nwsstream_read(
+            UniffiLib.uniffi_nws_fn_method_nwsstream_wait_readable(
                 uniffiHandle,
                 
-        FfiConverterUInt.lower(`maxBytes`),
             )
         },
-        { future, callback, continuation -> UniffiLib.ffi_nws_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_nws_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_nws_rust_future_free_rust_buffer(future) },
+        { future, callback, continuation -> UniffiLib.ffi_nws_rust_future_poll_i8(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_nws_rust_future_complete_i8(future, continuation) },
+        { future -> UniffiLib.ffi_nws_rust_future_free_i8(future) },
         // lift function
-        { FfiConverterByteArray.lift(it) },
+        { FfiConverterBoolean.lift(it) },
         // Error FFI converter
         NwsException.ErrorHandler,
     )
@@ -2358,7 +2468,9 @@ open class NwsStream: Disposable, AutoCloseable, NwsStreamInterface
     
     /**
      * Sends all of `data` (returns once it is queued for the stream, which
-     * applies back-pressure: a slow peer makes this wait).
+     * applies back-pressure: a slow peer makes this wait). A `write`
+     * cancelled while it waits may have queued a first part of `data`;
+     * the stream stays usable, with that part sent.
      *
      * # Errors
      *
@@ -2962,6 +3074,9 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
 /**
  * A user name and password for the proxy: SOCKS5 username/password
  * authentication (RFC 1929) and HTTP `Proxy-Authorization: Basic` (RFC 7617).
+ *
+ * Its Kotlin `toString()` and Swift `description` / `debugDescription`
+ * never show the password (they are this type's Rust `Display` and `Debug`).
  */
 data class ProxyCredentials (
     /**
@@ -2979,6 +3094,15 @@ data class ProxyCredentials (
 
     
 
+    // The local Rust `Display`/`Debug` implementation.
+    override fun toString(): String {
+        return FfiConverterString.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_nws_fn_method_proxycredentials_uniffi_trait_display(FfiConverterTypeProxyCredentials.lower(this),
+        _status)
+}
+    )
+    }
     
     companion object
 }
@@ -3274,6 +3398,11 @@ public object FfiConverterTypeLogLevel: FfiConverterRustBuffer<LogLevel> {
 
 /**
  * Why a call into NWS failed.
+ *
+ * Kotlin: `message` (and `toString()`) is the `detail` sentence; Swift: the
+ * `description`, and so `errorDescription` (`LocalizedError`; the
+ * conformance to `CustomStringConvertible` is in `NwsError+Description.swift`)
+ * is the same sentence.
  */
 sealed class NwsException: kotlin.Exception() {
     
@@ -3294,7 +3423,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "name=${ `name` }, detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3315,7 +3444,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "host=${ `host` }, detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3330,7 +3459,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3345,7 +3474,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3367,7 +3496,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "reason=${ `reason` }, detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3386,7 +3515,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "timeoutMs=${ `timeoutMs` }, detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3401,7 +3530,22 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "detail=${ `detail` }"
+            get() = `detail`
+    }
+    
+    /**
+     * The call was cancelled by the caller (see
+     * [`NwsStream::interrupt_read`](crate::NwsStream::interrupt_read)).
+     */
+    class Cancelled(
+        
+        /**
+         * What was cancelled.
+         */
+        val `detail`: kotlin.String
+        ) : NwsException() {
+        override val message
+            get() = `detail`
     }
     
     /**
@@ -3417,7 +3561,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3431,7 +3575,7 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "detail=${ `detail` }"
+            get() = `detail`
     }
     
     /**
@@ -3446,12 +3590,21 @@ sealed class NwsException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : NwsException() {
         override val message
-            get() = "detail=${ `detail` }"
+            get() = `detail`
     }
     
 
     
 
+    // The local Rust `Display`/`Debug` implementation.
+    override fun toString(): String {
+        return FfiConverterString.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_nws_fn_method_nwserror_uniffi_trait_display(FfiConverterTypeNwsError.lower(this),
+        _status)
+}
+    )
+    }
 
     companion object ErrorHandler : UniffiRustCallStatusErrorHandler<NwsException> {
         override fun lift(error_buf: RustBuffer.ByValue): NwsException = FfiConverterTypeNwsError.lift(error_buf)
@@ -3493,13 +3646,16 @@ public object FfiConverterTypeNwsError : FfiConverterRustBuffer<NwsException> {
             7 -> NwsException.Stopped(
                 FfiConverterString.read(buf),
                 )
-            8 -> NwsException.InvalidConfig(
+            8 -> NwsException.Cancelled(
                 FfiConverterString.read(buf),
                 )
-            9 -> NwsException.Io(
+            9 -> NwsException.InvalidConfig(
                 FfiConverterString.read(buf),
                 )
-            10 -> NwsException.Internal(
+            10 -> NwsException.Io(
+                FfiConverterString.read(buf),
+                )
+            11 -> NwsException.Internal(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
@@ -3543,6 +3699,11 @@ public object FfiConverterTypeNwsError : FfiConverterRustBuffer<NwsException> {
                 + FfiConverterString.allocationSize(value.`detail`)
             )
             is NwsException.Stopped -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+            )
+            is NwsException.Cancelled -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`detail`)
@@ -3606,18 +3767,23 @@ public object FfiConverterTypeNwsError : FfiConverterRustBuffer<NwsException> {
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
-            is NwsException.InvalidConfig -> {
+            is NwsException.Cancelled -> {
                 buf.putInt(8)
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
-            is NwsException.Io -> {
+            is NwsException.InvalidConfig -> {
                 buf.putInt(9)
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
-            is NwsException.Internal -> {
+            is NwsException.Io -> {
                 buf.putInt(10)
+                FfiConverterString.write(value.`detail`, buf)
+                Unit
+            }
+            is NwsException.Internal -> {
+                buf.putInt(11)
                 FfiConverterString.write(value.`detail`, buf)
                 Unit
             }
@@ -3872,6 +4038,22 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
 
 
 
+
+        /**
+         * How many calls into this library are still running on its runtime
+         * (diagnostics and tests: a cancelled call, such as a `read` under
+         * `withTimeout`, leaves none behind; the proxy's own listeners and streams
+         * are not counted).
+         */ fun `activeCallCount`(): kotlin.UInt {
+            return FfiConverterUInt.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_nws_fn_func_active_call_count(
+    
+        _status)
+}
+    )
+    }
+    
 
         /**
          * Sets the most verbose log level that reaches logcat (on Android) and the
