@@ -38,7 +38,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 # ship libraries whose LOAD segments are aligned to 16 KiB: fail unless each one is.
 check_alignment() {
     local readelf so align n
-    readelf="$(ls "${ndk:-/nonexistent}"/toolchains/llvm/prebuilt/*/bin/llvm-readelf 2>/dev/null | head -n 1)"
+    local root="${ndk:-${ANDROID_NDK_HOME:-${ANDROID_NDK_ROOT:-/nonexistent}}}"
+    readelf="$(ls "$root"/toolchains/llvm/prebuilt/*/bin/llvm-readelf 2>/dev/null | head -n 1 || true)"
     [ -n "$readelf" ] || readelf="$(command -v readelf || command -v llvm-readelf || true)"
     [ -n "$readelf" ] || { log "no readelf found"; return 1; }
     for so in "$@"; do
@@ -87,9 +88,10 @@ rustup target add "${RUST_TARGETS[@]}"
 out=target/android
 rm -rf "$out" && mkdir -p "$out"
 
-# Link with 16 KiB pages on every ABI (NDK r28+ and cargo-ndk do it for the 64-bit ones only,
-# depending on the NDK version). Cargo uses the first set of CARGO_ENCODED_RUSTFLAGS,
-# RUSTFLAGS and CARGO_TARGET_<TRIPLE>_RUSTFLAGS, so extend whichever it will read.
+# Link with 16 KiB pages on every ABI. (NDK r28+ does by default for 64-bit ABIs only, and
+# recent cargo-ndk adds the flag for 64-bit ABIs with older NDKs: not something to rely on.)
+# Cargo reads the first one set of CARGO_ENCODED_RUSTFLAGS, RUSTFLAGS and
+# CARGO_TARGET_<TRIPLE>_RUSTFLAGS, so extend that one.
 page_arg="link-arg=-Wl,-z,max-page-size=16384"
 if [ -n "${CARGO_ENCODED_RUSTFLAGS:-}" ]; then
     export CARGO_ENCODED_RUSTFLAGS="$CARGO_ENCODED_RUSTFLAGS"$'\x1f'"-C"$'\x1f'"$page_arg"
@@ -112,7 +114,8 @@ for abi in "${ABIS[@]}"; do libs+=("$out/jniLibs/$abi/libnws.so"); done
 check_alignment "${libs[@]}"
 
 log "compiling the Kotlin bindings (jar, -sources.jar, -javadoc.jar)"
-mvn -B -ntp -q -f bindings/kotlin/pom.xml package -DskipTests
+# (clean: no class files of older sources in classes.jar.)
+mvn -B -ntp -q -f bindings/kotlin/pom.xml clean package -DskipTests
 version="$(sed -n 's:.*<version>\([0-9][^<]*\)</version>.*:\1:p' bindings/kotlin/pom.xml | head -n 1)"
 # url, licenses, developers and scm, as in bindings/kotlin/pom.xml.
 metadata="$(awk '/publish-metadata: end/ { f = 0 } f; /publish-metadata: begin/ { f = 1 }' bindings/kotlin/pom.xml)"

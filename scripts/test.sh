@@ -14,3 +14,7 @@ cargo test --workspace --all-targets "$@"
 # (--workspace: the same feature set as the tests above, so nothing is rebuilt.)
 cargo build --workspace
 mvn -B -ntp -f bindings/kotlin/pom.xml test
+# The same tests against a release-like build: ProGuard shrinks and obfuscates the bindings
+# and JNA with the consumer rules the AAR ships (bindings/kotlin/consumer-rules.pro).
+# (clean: ProGuard reads every class file in target/, also those left by older sources.)
+mvn -B -ntp -f bindings/kotlin/pom.xml -Pshrunk clean verify

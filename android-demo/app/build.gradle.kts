@@ -25,6 +25,18 @@ android {
         jniLibs.srcDir("../../target/android/jniLibs")
     }
 
+    buildTypes {
+        release {
+            // R8 as in a shipped app. The demo compiles nws.kt from source instead of using
+            // the AAR, so it names the consumer rules the AAR carries as proguard.txt.
+            isMinifyEnabled = true
+            proguardFiles(
+                getDefaultProguardFile("proguard-android-optimize.txt"),
+                "../../bindings/kotlin/consumer-rules.pro",
+            )
+        }
+    }
+
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17
