@@ -18,3 +18,4 @@ mvn -B -ntp -f bindings/kotlin/pom.xml test
 # and JNA with the consumer rules the AAR ships (bindings/kotlin/consumer-rules.pro).
 # (clean: ProGuard reads every class file in target/, also those left by older sources.)
 mvn -B -ntp -f bindings/kotlin/pom.xml -Pshrunk clean verify
+bash scripts/check-doc-snippets.sh  # every Kotlin snippet of docs/MOBILE.md compiles against the bindings
