@@ -123,8 +123,9 @@ class DemoApp : Application() {
         val c = OkHttpClient.Builder()
             .proxy(Proxy(Proxy.Type.HTTP, InetSocketAddress(info.host, info.httpPort!!.toInt())))
             .proxyAuthenticator { _, response ->
-                // Answer the first 407 only: a second one means the credentials are wrong.
-                if (creds == null || response.priorResponse != null) {
+                // Give up when the refused request already carried the credentials: they
+                // are wrong. (priorResponse would miss a CONNECT's second 407.)
+                if (creds == null || response.request.header("Proxy-Authorization") != null) {
                     null
                 } else {
                     response.request.newBuilder()
