@@ -194,6 +194,10 @@ impl From<OpenError> for NwsError {
         match e {
             OpenError::BadName { host, source } => Self::bad_name(&host, &source),
             OpenError::NotNws(host) => Self::not_nws(&host),
+            OpenError::NamesOnly(host) => Self::NotNwsName {
+                detail: OpenError::NamesOnly(host.clone()).to_string(),
+                host,
+            },
             OpenError::Transport(t) => t.into(),
             OpenError::Codec(c) => Self::Relay {
                 detail: c.to_string(),

@@ -31,7 +31,7 @@ mod stream;
 
 pub use cert::fetch_certificate;
 pub use error::NwsError;
-pub use listener::{LogLevel, ProxyListener};
+pub use listener::{LogLevel, ProxyEvent, ProxyListener};
 pub use names::{resolve, ResolvedName};
 pub use proxy::{NwsProxy, ProxyConfig, ProxyCredentials, ProxyInfo, ProxyState, ProxyStatus};
 pub use stream::{open_stream, NwsStream};

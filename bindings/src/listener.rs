@@ -18,7 +18,7 @@ use std::sync::{Arc, Once, RwLock};
 use log::{LevelFilter, Log, Metadata, Record};
 use once_cell::sync::Lazy;
 
-use crate::proxy::ProxyState;
+use crate::proxy::{ProxyInfo, ProxyState};
 
 /// Log lines queued for listeners above which new lines are dropped.
 const MAX_QUEUED_LOGS: usize = 1024;
@@ -64,6 +64,62 @@ impl From<LogLevel> for LevelFilter {
     }
 }
 
+/// What happened to a running proxy, for [`ProxyListener::on_event`]: its
+/// health (relays, streams) and what it did on its own.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum ProxyEvent {
+    /// A relay connection came up. `connected` and `known` count the
+    /// proxy's relays after the change.
+    RelayConnected {
+        /// The relay URL (`wss://…`).
+        url: String,
+        /// Relays connected now.
+        connected: u32,
+        /// Relays known (configured, or learnt from names used so far).
+        known: u32,
+    },
+    /// A relay connection ended (it is retried with backoff, or at once
+    /// after `networkChanged()`).
+    RelayDisconnected {
+        /// The relay URL.
+        url: String,
+        /// Relays connected now.
+        connected: u32,
+        /// Relays known.
+        known: u32,
+    },
+    /// Streams were opened or closed: the counts now. Changes within
+    /// 100 ms come as one event.
+    StreamsChanged {
+        /// Streams open now.
+        open: u32,
+        /// Streams opened since start.
+        total: u64,
+    },
+    /// A start (by `start()`, `restart()`, `appResumed()` or a rebind)
+    /// failed; the proxy is stopped.
+    StartFailed {
+        /// Why, as a sentence.
+        reason: String,
+    },
+    /// The system closed or invalidated a listening socket (iOS does so to
+    /// suspended apps). The proxy listens again on the same ports with the
+    /// same credentials at once (state `Starting`, then `Running`, or
+    /// [`ProxyEvent::StartFailed`] and `Stopped`); open client connections
+    /// are closed.
+    ListenersLost {
+        /// What was seen, as a sentence.
+        reason: String,
+    },
+    /// The proxy listens again after [`ProxyEvent::ListenersLost`] or
+    /// `appResumed()`, here (the same ports unless another program took
+    /// one meanwhile).
+    Rebound {
+        /// Where it listens now.
+        info: ProxyInfo,
+    },
+}
+
 /// Receives a proxy's state changes and the library's log lines; implemented
 /// by the app (a Kotlin or Swift class).
 ///
@@ -74,6 +130,9 @@ impl From<LogLevel> for LevelFilter {
 pub trait ProxyListener: Send + Sync {
     /// The proxy moved to `state`.
     fn on_state_changed(&self, state: ProxyState);
+    /// Something happened to the proxy: a relay connected or disconnected,
+    /// streams opened or closed, a failed start, lost listeners.
+    fn on_event(&self, event: ProxyEvent);
     /// A log line at `level` from the Rust module `target` (for example
     /// `nws_core::entry`), at or above the level set with
     /// [`set_log_level`](crate::set_log_level).
@@ -89,6 +148,10 @@ enum Note {
     State {
         listener: Arc<dyn ProxyListener>,
         state: ProxyState,
+    },
+    Event {
+        listener: Arc<dyn ProxyListener>,
+        event: ProxyEvent,
     },
 }
 
@@ -129,6 +192,9 @@ fn deliver(rx: Receiver<Note>) {
             Note::State { listener, state } => {
                 let _ = catch_unwind(AssertUnwindSafe(|| listener.on_state_changed(state)));
             }
+            Note::Event { listener, event } => {
+                let _ = catch_unwind(AssertUnwindSafe(|| listener.on_event(event)));
+            }
         }
     }
 }
@@ -140,6 +206,11 @@ fn send(note: Note) -> bool {
 /// Queues a state change for `listener`.
 pub(crate) fn notify_state(listener: Arc<dyn ProxyListener>, state: ProxyState) {
     send(Note::State { listener, state });
+}
+
+/// Queues an event for `listener`.
+pub(crate) fn notify_event(listener: Arc<dyn ProxyListener>, event: ProxyEvent) {
+    send(Note::Event { listener, event });
 }
 
 /// Registers (or, with `None`, removes) the listener of proxy `id` for log lines.
@@ -232,6 +303,7 @@ mod tests {
 
     impl ProxyListener for Collect {
         fn on_state_changed(&self, _state: ProxyState) {}
+        fn on_event(&self, _event: ProxyEvent) {}
         fn on_log(&self, level: LogLevel, target: String, message: String) {
             // Other tests in this binary log too.
             if target == "nws_test" {

@@ -6,7 +6,7 @@
 use nws_core::sync::lock;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nostr::{PublicKey, RelayUrl};
@@ -14,7 +14,7 @@ use nws_core::entry::{Credentials, Entry, EntryConfig, EntryProxy};
 use nws_core::names::{parse_host, ExitAddress};
 
 use crate::error::NwsError;
-use crate::listener::{notify_state, set_log_listener, ProxyListener};
+use crate::listener::{notify_event, notify_state, set_log_listener, ProxyEvent, ProxyListener};
 use crate::runtime::{run, run_to_end, runtime};
 use crate::stream::{open_on, NwsStream};
 
@@ -22,6 +22,9 @@ use crate::stream::{open_on, NwsStream};
 const MAX_CREDENTIAL_LEN: usize = 255;
 /// How long the liveness probe of a listening port may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Stream opens and closes within this long become one
+/// [`ProxyEvent::StreamsChanged`].
+const STREAM_EVENTS_EVERY: Duration = Duration::from_millis(100);
 
 /// How to start a proxy. In Kotlin and Swift every field but `relays` has
 /// the default shown.
@@ -86,6 +89,19 @@ pub struct ProxyConfig {
     /// HTTP status. Default `false`.
     #[uniffi(default = false)]
     pub early_reply: bool,
+    /// Also serve a WebView listener: an HTTP proxy (`CONNECT` and
+    /// absolute-form requests) for WebViews and browsers, which cannot send
+    /// proxy credentials. It asks for none and serves only NWS names
+    /// (`.nostr`, `npub1…`, `nprofile1…` hosts) to the exits they name,
+    /// never `exit` or public exits (other hosts get HTTP 403), so another
+    /// app on the device that finds the port gains nothing it could not get
+    /// by running NWS itself. Its port is [`ProxyInfo::webview_port`].
+    /// Default `false`.
+    #[uniffi(default = false)]
+    pub webview: bool,
+    /// WebView listener port; 0 as for `socks_port`. Default 0.
+    #[uniffi(default = 0)]
+    pub webview_port: u16,
 }
 
 impl ProxyConfig {
@@ -106,6 +122,8 @@ impl ProxyConfig {
             public_exits: false,
             exit: None,
             early_reply: false,
+            webview: false,
+            webview_port: 0,
         }
     }
 }
@@ -161,6 +179,9 @@ pub struct ProxyInfo {
     pub socks_port: Option<u16>,
     /// The HTTP proxy port, if the HTTP proxy is on.
     pub http_port: Option<u16>,
+    /// The WebView listener's port, if it is on (`ProxyConfig::webview`);
+    /// it takes no credentials.
+    pub webview_port: Option<u16>,
     /// The credentials clients must present, if any (new on every `start()`
     /// after a `stop()`; kept by `restart()`).
     pub credentials: Option<ProxyCredentials>,
@@ -206,6 +227,7 @@ struct Settings {
     host: IpAddr,
     socks_port: Option<u16>,
     http_port: Option<u16>,
+    webview_port: Option<u16>,
     require_credentials: bool,
     credentials: Option<Credentials>,
     connect_timeout: Duration,
@@ -234,8 +256,10 @@ impl Settings {
                 ))
             })?
         };
-        if !c.socks && !c.http {
-            return Err(NwsError::invalid("neither SOCKS5 nor HTTP is enabled"));
+        if !c.socks && !c.http && !c.webview {
+            return Err(NwsError::invalid(
+                "neither SOCKS5, HTTP nor the WebView listener is enabled",
+            ));
         }
         if c.connect_timeout_ms == 0 {
             return Err(NwsError::invalid("connect timeout must be above 0 ms"));
@@ -280,6 +304,7 @@ impl Settings {
             host,
             socks_port: c.socks.then_some(c.socks_port),
             http_port: c.http.then_some(c.http_port),
+            webview_port: c.webview.then_some(c.webview_port),
             require_credentials: c.require_credentials,
             credentials,
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
@@ -303,6 +328,19 @@ struct Running {
     proxy: EntryProxy,
     credentials: Option<Credentials>,
     info: ProxyInfo,
+    /// Which start this is (see [`Lifecycle::starts`]).
+    generation: u64,
+    /// Watches relays, streams and listeners; aborted with the run.
+    _monitor: AbortOnDrop,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Default)]
@@ -311,6 +349,12 @@ struct Lifecycle {
     /// Ports bound by the last start, reused by the next one while free.
     last_socks_port: Option<u16>,
     last_http_port: Option<u16>,
+    last_webview_port: Option<u16>,
+    /// Starts so far (each run's `generation`).
+    starts: u64,
+    /// The credentials of a run that stopped on its own (its listeners lost
+    /// and a new start failed), kept for `app_resumed()`.
+    kept_credentials: Option<Option<Credentials>>,
 }
 
 struct Snapshot {
@@ -427,6 +471,93 @@ impl NwsProxy {
                 entry.network_changed();
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Waits until at least one relay is connected (the proxy can open
+    /// streams to names that use the configured relays), for at most
+    /// `timeout_ms` milliseconds. Returns the number of relays connected.
+    /// With no relays configured (only `.nostr` and `nprofile1…` names, which
+    /// bring their own) there is nothing to wait for: returns 0 at once.
+    ///
+    /// # Errors
+    ///
+    /// [`NwsError::Stopped`] if the proxy is not running,
+    /// [`NwsError::Timeout`] if no relay connected in time.
+    pub async fn await_ready(self: Arc<Self>, timeout_ms: u64) -> Result<u32, NwsError> {
+        run(async move {
+            let entry = self
+                .entry()
+                .await
+                .ok_or_else(|| NwsError::stopped("the proxy is not running"))?;
+            if self.settings.relays.is_empty() {
+                return Ok(0);
+            }
+            // Subscribed before the first count, so no change falls between.
+            let mut changes = entry.relay_changes();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+            loop {
+                let (connected, _) = entry.relay_counts().await;
+                if connected > 0 {
+                    return Ok(u32::try_from(connected).unwrap_or(u32::MAX));
+                }
+                match tokio::time::timeout_at(deadline, changes.recv()).await {
+                    Err(_) => {
+                        return Err(NwsError::Timeout {
+                            timeout_ms,
+                            detail: format!("no relay connected within {timeout_ms} ms"),
+                        })
+                    }
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        return Err(NwsError::stopped("the proxy stopped"))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Call when the app returns to the foreground (Android `onStart` of the
+    /// first activity, iOS `sceneWillEnterForeground`). If the proxy runs
+    /// but the system closed its listening sockets meanwhile (iOS does so
+    /// to suspended apps), it listens again on the same ports with the same
+    /// credentials; if it stopped on its own (its listeners were lost and
+    /// listening again failed), it starts again, also with the same
+    /// credentials. Then relays not connected are tried at once, as
+    /// [`network_changed`](NwsProxy::network_changed) does. A proxy stopped
+    /// by `stop()` stays stopped. Returns where it listens, or `None` when
+    /// it is stopped.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](NwsProxy::start), when listening again fails.
+    pub async fn app_resumed(self: Arc<Self>) -> Result<Option<ProxyInfo>, NwsError> {
+        run_to_end(async move {
+            let mut lifecycle = self.lifecycle.lock().await;
+            let running = lifecycle.running.as_ref().map(|r| r.info.clone());
+            let info = match running {
+                Some(info) if self.listening(&info).await => info,
+                Some(_) => {
+                    self.emit(ProxyEvent::ListenersLost {
+                        reason: "a listening port no longer accepts connections".into(),
+                    });
+                    let info = self.start_locked(&mut lifecycle, true).await?;
+                    self.emit(ProxyEvent::Rebound { info: info.clone() });
+                    info
+                }
+                None if lifecycle.kept_credentials.is_some() => {
+                    let info = self.start_locked(&mut lifecycle, false).await?;
+                    self.emit(ProxyEvent::Rebound { info: info.clone() });
+                    info
+                }
+                None => return Ok(None),
+            };
+            if let Some(r) = &lifecycle.running {
+                r.proxy.entry().network_changed();
+            }
+            Ok(Some(info))
         })
         .await
     }
@@ -570,6 +701,7 @@ impl NwsProxy {
 
     async fn stop_inner(&self) {
         let mut lifecycle = self.lifecycle.lock().await;
+        lifecycle.kept_credentials = None;
         if let Some(running) = lifecycle.running.take() {
             self.set_state(ProxyState::Stopping, None);
             running.proxy.stop().await;
@@ -583,8 +715,18 @@ impl NwsProxy {
         lifecycle.running.as_ref().map(|r| r.proxy.entry().clone())
     }
 
-    async fn start_inner(&self, restart: bool) -> Result<ProxyInfo, NwsError> {
+    async fn start_inner(self: &Arc<Self>, restart: bool) -> Result<ProxyInfo, NwsError> {
         let mut lifecycle = self.lifecycle.lock().await;
+        self.start_locked(&mut lifecycle, restart).await
+    }
+
+    /// `start_inner` with the lifecycle locked by the caller.
+    async fn start_locked(
+        self: &Arc<Self>,
+        lifecycle: &mut Lifecycle,
+        restart: bool,
+    ) -> Result<ProxyInfo, NwsError> {
+        let kept = lifecycle.kept_credentials.take();
         let credentials = match lifecycle.running.take() {
             Some(running) => {
                 if !restart && self.listening(&running.info).await {
@@ -596,10 +738,15 @@ impl NwsProxy {
                     log::warn!("proxy listeners are gone (closed by the OS?): restarting");
                 }
                 self.set_state(ProxyState::Stopping, None);
-                running.proxy.stop().await;
-                running.credentials
+                let Running {
+                    proxy, credentials, ..
+                } = running;
+                proxy.stop().await;
+                credentials
             }
-            None => self.settings.fresh_credentials(),
+            None => kept
+                .clone()
+                .unwrap_or_else(|| self.settings.fresh_credentials()),
         };
         self.set_state(ProxyState::Starting, None);
         let s = &self.settings;
@@ -612,6 +759,10 @@ impl NwsProxy {
             .map(|p| reusable_port(s.host, p, lifecycle.last_http_port));
         config.socks_listen = socks_port.map(|p| SocketAddr::new(s.host, p));
         config.http_listen = http_port.map(|p| SocketAddr::new(s.host, p));
+        let webview_port = s
+            .webview_port
+            .map(|p| reusable_port(s.host, p, lifecycle.last_webview_port));
+        config.webview_listen = webview_port.map(|p| SocketAddr::new(s.host, p));
         config.credentials = credentials.clone();
         config.connect_timeout = s.connect_timeout;
         config.legacy_exits = s.legacy_exits.clone();
@@ -623,27 +774,47 @@ impl NwsProxy {
             Err(e) => {
                 self.set_state(ProxyState::Stopped, None);
                 log::warn!("proxy did not start: {e}");
+                if kept.is_some() || restart {
+                    // A rebind or resume: keep the credentials for the next try.
+                    lifecycle.kept_credentials = Some(credentials);
+                }
+                self.emit(ProxyEvent::StartFailed {
+                    reason: e.to_string(),
+                });
                 return Err(e.into());
             }
         };
         lifecycle.last_socks_port = proxy.socks_addr().map(|a| a.port());
         lifecycle.last_http_port = proxy.http_addr().map(|a| a.port());
+        lifecycle.last_webview_port = proxy.webview_addr().map(|a| a.port());
         let info = ProxyInfo {
             host: s.host.to_string(),
             socks_port: lifecycle.last_socks_port,
             http_port: lifecycle.last_http_port,
+            webview_port: lifecycle.last_webview_port,
             credentials: credentials.as_ref().map(ProxyCredentials::from),
         };
         log::info!(
-            "proxy running on {}: SOCKS5 port {:?}, HTTP port {:?}",
+            "proxy running on {}: SOCKS5 port {:?}, HTTP port {:?}, WebView port {:?}",
             info.host,
             info.socks_port,
-            info.http_port
+            info.http_port,
+            info.webview_port
         );
+        lifecycle.starts += 1;
+        let generation = lifecycle.starts;
+        let monitor = runtime()?.spawn(monitor(
+            Arc::downgrade(self),
+            proxy.entry().clone(),
+            proxy.listener_lost(),
+            generation,
+        ));
         lifecycle.running = Some(Running {
             proxy,
             credentials,
             info: info.clone(),
+            generation,
+            _monitor: AbortOnDrop(monitor),
         });
         self.set_state(ProxyState::Running, Some(info.clone()));
         Ok(info)
@@ -656,7 +827,10 @@ impl NwsProxy {
             IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             a => a,
         };
-        for port in [info.socks_port, info.http_port].into_iter().flatten() {
+        for port in [info.socks_port, info.http_port, info.webview_port]
+            .into_iter()
+            .flatten()
+        {
             let connect = tokio::net::TcpStream::connect(SocketAddr::new(host, port));
             match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
                 Ok(Ok(_)) => {}
@@ -664,6 +838,38 @@ impl NwsProxy {
             }
         }
         true
+    }
+
+    /// Hands `event` to the listener, if any.
+    fn emit(&self, event: ProxyEvent) {
+        if let Some(l) = lock(&self.listener).clone() {
+            notify_event(l, event);
+        }
+    }
+
+    /// Listens again after run `generation` lost a listener (unless that run
+    /// has ended meanwhile): same ports, same credentials.
+    ///
+    /// Boxed: the future starts a run whose monitor spawns this future, a
+    /// cycle the compiler cannot see through otherwise.
+    fn rebind(
+        self: Arc<Self>,
+        generation: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let mut lifecycle = self.lifecycle.lock().await;
+            if lifecycle.running.as_ref().map(|r| r.generation) != Some(generation) {
+                return;
+            }
+            log::warn!("the system closed a listening socket: listening again on the same ports");
+            self.emit(ProxyEvent::ListenersLost {
+                reason: "the system closed or invalidated a listening socket".into(),
+            });
+            match self.start_locked(&mut lifecycle, true).await {
+                Ok(info) => self.emit(ProxyEvent::Rebound { info }),
+                Err(e) => log::warn!("listening again failed, the proxy is stopped: {e}"),
+            }
+        })
     }
 
     fn set_state(&self, state: ProxyState, info: Option<ProxyInfo>) {
@@ -688,6 +894,78 @@ impl Drop for NwsProxy {
         if let Some(running) = self.lifecycle.get_mut().running.take() {
             if let Ok(rt) = runtime() {
                 rt.spawn(running.proxy.stop());
+            }
+        }
+    }
+}
+
+/// Watches one run of the proxy (`generation`) until it ends: relay changes
+/// and stream counts become [`ProxyEvent`]s, and a lost listener starts a
+/// rebind (in a task of its own, since the rebind ends this run and aborts
+/// this task).
+async fn monitor(
+    proxy: Weak<NwsProxy>,
+    entry: Entry,
+    lost: impl std::future::Future<Output = ()>,
+    generation: u64,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = entry.relay_changes();
+    let stats = entry.stats().clone();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    // Relays that connected before the subscription above are reported
+    // from a snapshot; `up` keeps a relay seen in both from counting twice.
+    let mut up = std::collections::HashSet::new();
+    let known = count(entry.relay_counts().await.1);
+    let connected = entry.connected_relays().await;
+    for (i, url) in connected.iter().enumerate() {
+        up.insert(url.clone());
+        let Some(p) = proxy.upgrade() else { return };
+        p.emit(ProxyEvent::RelayConnected {
+            url: url.to_string(),
+            connected: count(i + 1),
+            known,
+        });
+    }
+    tokio::pin!(lost);
+    loop {
+        tokio::select! {
+            _ = &mut lost => {
+                if let (Some(p), Ok(rt)) = (proxy.upgrade(), runtime()) {
+                    rt.spawn(p.rebind(generation));
+                }
+                return;
+            }
+            change = changes.recv() => {
+                let change = match change {
+                    Ok(c) => c,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let changed = if change.connected {
+                    up.insert(change.url.clone())
+                } else {
+                    up.remove(&change.url)
+                };
+                if !changed {
+                    continue;
+                }
+                let (connected, known) = entry.relay_counts().await;
+                let Some(p) = proxy.upgrade() else { return };
+                let (url, connected, known) = (change.url.to_string(), count(connected), count(known));
+                p.emit(if change.connected {
+                    ProxyEvent::RelayConnected { url, connected, known }
+                } else {
+                    ProxyEvent::RelayDisconnected { url, connected, known }
+                });
+            }
+            _ = stats.changed.notified() => {
+                tokio::time::sleep(STREAM_EVENTS_EVERY).await;
+                let Some(p) = proxy.upgrade() else { return };
+                p.emit(ProxyEvent::StreamsChanged {
+                    open: count(stats.streams_open.load(Ordering::Relaxed)),
+                    total: stats.streams_total.load(Ordering::Relaxed),
+                });
             }
         }
     }

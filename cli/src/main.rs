@@ -216,6 +216,12 @@ struct EntryArgs {
     /// HTTP proxy listen address (`off` to disable).
     #[arg(long, default_value = "127.0.0.1:3128")]
     http: String,
+    /// Also listen here as an HTTP proxy for WebViews and browsers, which
+    /// cannot send proxy credentials: none are asked for, and only NWS names
+    /// (.nostr, npub1…, nprofile1…) are served, to the exits they name (never
+    /// --exit or public exits); other hosts get 403. Off by default.
+    #[arg(long)]
+    webview_listen: Option<SocketAddr>,
     /// Require these proxy credentials, `USER:PASS`. Without it the proxy
     /// makes random credentials at start and prints them (`proxy-user:`,
     /// `proxy-password:`), so other local users and programs cannot use it.
@@ -458,6 +464,7 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
     let mut config = EntryConfig::new(args.relays.relays);
     config.socks_listen = listen_addr(&args.socks)?;
     config.http_listen = listen_addr(&args.http)?;
+    config.webview_listen = args.webview_listen;
     config.credentials = match (&args.auth, args.no_auth) {
         (Some(a), _) => Some(credentials(a)?),
         (None, true) => None,
@@ -518,6 +525,9 @@ fn print_entry_addrs(proxy: &EntryProxy) {
     }
     if let Some(a) = proxy.http_addr() {
         println!("http: {a}");
+    }
+    if let Some(a) = proxy.webview_addr() {
+        println!("webview: {a}");
     }
     if let Some(a) = proxy.public_addr() {
         println!("public-address: {a}");

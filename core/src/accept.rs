@@ -222,4 +222,36 @@ mod tests {
         assert_eq!(connected.len(), 300);
         drop(listener);
     }
+
+    /// A listening socket shut down from outside the loop (as the OS does
+    /// to a suspended iOS app's) ends the loop with `ListenerGone`, and
+    /// the port can be bound again.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_listener_shut_down_from_outside_is_reported_gone() {
+        use std::os::fd::AsRawFd;
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fd = listener.as_raw_fd();
+        let cancel = CancellationToken::new();
+        let serve = |_sock, _peer| async {};
+        let looping = tokio::spawn(accept_loop(
+            listener,
+            "test",
+            cancel.clone(),
+            None,
+            serve,
+            serve,
+        ));
+        // Served while it listens.
+        TcpStream::connect(addr).await.unwrap();
+        // SAFETY: `fd` is the open listening socket owned by the loop.
+        assert_eq!(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) }, 0);
+        let stopped = tokio::time::timeout(Duration::from_secs(5), looping)
+            .await
+            .expect("the loop noticed")
+            .unwrap();
+        assert_eq!(stopped, Stopped::ListenerGone);
+        listen(addr).expect("the port is free again");
+    }
 }

@@ -26,6 +26,9 @@ pub struct Stats {
     /// Data and `CLOSE` messages of finished version-2 streams sent again
     /// (retransmissions and split resends).
     pub segments_resent: AtomicU64,
+    /// Notified (one stored permit) whenever a stream opens or closes, so
+    /// that a watcher can read `streams_open` and `streams_total` again.
+    pub changed: tokio::sync::Notify,
 }
 
 impl Stats {
@@ -51,6 +54,7 @@ impl OpenSlot {
     pub fn new(stats: Arc<Stats>) -> Self {
         stats.streams_open.fetch_add(1, Ordering::Relaxed);
         stats.streams_total.fetch_add(1, Ordering::Relaxed);
+        stats.changed.notify_one();
         Self(stats)
     }
 }
@@ -58,5 +62,6 @@ impl OpenSlot {
 impl Drop for OpenSlot {
     fn drop(&mut self) {
         self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_one();
     }
 }

@@ -88,6 +88,18 @@ pub struct PublishReport {
     pub unknown: Vec<RelayUrl>,
 }
 
+/// A relay connection that came up or went down ([`Transport::relay_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayChange {
+    /// The relay.
+    pub url: RelayUrl,
+    /// Whether it is connected now (false: the connection ended).
+    pub connected: bool,
+}
+
+/// Relay changes buffered for a slow reader of [`Transport::relay_changes`].
+const RELAY_CHANGES: usize = 64;
+
 type OkSender = mpsc::UnboundedSender<(RelayUrl, bool, String)>;
 
 struct Routes {
@@ -132,6 +144,8 @@ struct Inner {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Longest wait between reconnection attempts, in milliseconds.
     retry_max_ms: AtomicU64,
+    /// Relay connections that came up or went down.
+    relay_changes: broadcast::Sender<RelayChange>,
 }
 
 /// A connection to a set of relays, shared by every stream of an entry or exit.
@@ -182,6 +196,7 @@ impl Transport {
             network_changed: Arc::new(tokio::sync::Notify::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             retry_max_ms: AtomicU64::new(RETRY_MAX.as_millis() as u64),
+            relay_changes: broadcast::channel(RELAY_CHANGES).0,
         });
         let weak = Arc::downgrade(&inner);
         events.set(move |event| {
@@ -288,6 +303,22 @@ impl Transport {
             .iter()
             .filter(|u| all.get(*u).is_some_and(|r| r.is_connected()))
             .cloned()
+            .collect()
+    }
+
+    /// Relay connections as they come up and go down, from now on (one
+    /// change per transition; a reader more than 64 changes behind gets
+    /// `Lagged` and should read [`Transport::relay_counts`] again).
+    pub fn relay_changes(&self) -> broadcast::Receiver<RelayChange> {
+        self.inner.relay_changes.subscribe()
+    }
+
+    /// The relays connected now.
+    pub async fn connected_relays(&self) -> Vec<RelayUrl> {
+        let all = self.inner.pool.relays().await;
+        all.iter()
+            .filter(|(_, r)| r.is_connected())
+            .map(|(u, _)| u.clone())
             .collect()
     }
 
@@ -670,12 +701,26 @@ async fn supervise(
         match n {
             RelayNotification::RelayStatus {
                 status: RelayStatus::Connected,
-            } => up_since = Some(tokio::time::Instant::now()),
+            } => {
+                up_since = Some(tokio::time::Instant::now());
+                if let Some(i) = inner.upgrade() {
+                    let _ = i.relay_changes.send(RelayChange {
+                        url: relay.url().clone(),
+                        connected: true,
+                    });
+                }
+            }
             RelayNotification::RelayStatus {
                 status: RelayStatus::Terminated,
             } => {
                 let cap = match inner.upgrade() {
                     Some(i) if !i.shutting_down.load(Ordering::Relaxed) => {
+                        if up_since.is_some() {
+                            let _ = i.relay_changes.send(RelayChange {
+                                url: relay.url().clone(),
+                                connected: false,
+                            });
+                        }
                         Duration::from_millis(i.retry_max_ms.load(Ordering::Relaxed))
                     }
                     _ => return,

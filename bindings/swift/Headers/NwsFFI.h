@@ -252,7 +252,14 @@ typedef void (*UniffiCallbackInterfaceProxyListenerMethod0)(uint64_t, RustBuffer
 #endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_PROXY_LISTENER_METHOD1
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_PROXY_LISTENER_METHOD1
-typedef void (*UniffiCallbackInterfaceProxyListenerMethod1)(uint64_t, RustBuffer, RustBuffer, RustBuffer, void* _Nonnull, 
+typedef void (*UniffiCallbackInterfaceProxyListenerMethod1)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_PROXY_LISTENER_METHOD2
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_PROXY_LISTENER_METHOD2
+typedef void (*UniffiCallbackInterfaceProxyListenerMethod2)(uint64_t, RustBuffer, RustBuffer, RustBuffer, void* _Nonnull, 
         RustCallStatus *_Nonnull uniffiCallStatus
     );
 
@@ -263,7 +270,8 @@ typedef struct UniffiVTableCallbackInterfaceProxyListener {
     UniffiCallbackInterfaceFree _Nonnull uniffiFree;
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceProxyListenerMethod0 _Nonnull onStateChanged;
-    UniffiCallbackInterfaceProxyListenerMethod1 _Nonnull onLog;
+    UniffiCallbackInterfaceProxyListenerMethod1 _Nonnull onEvent;
+    UniffiCallbackInterfaceProxyListenerMethod2 _Nonnull onLog;
 } UniffiVTableCallbackInterfaceProxyListener;
 
 #endif
@@ -287,6 +295,11 @@ void uniffi_nws_fn_init_callback_vtable_proxylistener(const UniffiVTableCallback
 void uniffi_nws_fn_method_proxylistener_on_state_changed(uint64_t ptr, RustBuffer state, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYLISTENER_ON_EVENT
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYLISTENER_ON_EVENT
+void uniffi_nws_fn_method_proxylistener_on_event(uint64_t ptr, RustBuffer event, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYLISTENER_ON_LOG
 #define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_PROXYLISTENER_ON_LOG
 void uniffi_nws_fn_method_proxylistener_on_log(uint64_t ptr, RustBuffer level, RustBuffer target, RustBuffer message, RustCallStatus *_Nonnull out_status
@@ -305,6 +318,16 @@ void uniffi_nws_fn_free_nwsproxy(uint64_t handle, RustCallStatus *_Nonnull out_s
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_CONSTRUCTOR_NWSPROXY_NEW
 #define UNIFFI_FFIDEF_UNIFFI_NWS_FN_CONSTRUCTOR_NWSPROXY_NEW
 uint64_t uniffi_nws_fn_constructor_nwsproxy_new(RustBuffer config, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_APP_RESUMED
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_APP_RESUMED
+uint64_t uniffi_nws_fn_method_nwsproxy_app_resumed(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_AWAIT_READY
+#define UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_AWAIT_READY
+uint64_t uniffi_nws_fn_method_nwsproxy_await_ready(uint64_t ptr, uint64_t timeout_ms
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_FN_METHOD_NWSPROXY_INFO
@@ -741,9 +764,27 @@ uint16_t uniffi_nws_checksum_method_proxylistener_on_state_changed(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_PROXYLISTENER_ON_EVENT
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_PROXYLISTENER_ON_EVENT
+uint16_t uniffi_nws_checksum_method_proxylistener_on_event(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_PROXYLISTENER_ON_LOG
 #define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_PROXYLISTENER_ON_LOG
 uint16_t uniffi_nws_checksum_method_proxylistener_on_log(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_APP_RESUMED
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_APP_RESUMED
+uint16_t uniffi_nws_checksum_method_nwsproxy_app_resumed(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_AWAIT_READY
+#define UNIFFI_FFIDEF_UNIFFI_NWS_CHECKSUM_METHOD_NWSPROXY_AWAIT_READY
+uint16_t uniffi_nws_checksum_method_nwsproxy_await_ready(void
     
 );
 #endif

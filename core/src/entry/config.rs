@@ -20,6 +20,14 @@ pub struct EntryConfig {
     pub socks_listen: Option<SocketAddr>,
     /// Where the HTTP proxy listens (`None`: no HTTP proxy).
     pub http_listen: Option<SocketAddr>,
+    /// Where the WebView listener listens (`None`: none): an HTTP proxy
+    /// (`CONNECT` and absolute-form requests) for WebViews and browsers,
+    /// which cannot send proxy credentials. It asks for none and serves only
+    /// NWS names (`.nostr`, `npub1…`, `nprofile1…` hosts) to the exits they
+    /// name: never `exit` or public exits, so a local app that finds it
+    /// gains nothing it could not get by running NWS itself. Other hosts get
+    /// HTTP 403.
+    pub webview_listen: Option<SocketAddr>,
     /// Credentials clients must present (SOCKS5 RFC 1929, HTTP
     /// `Proxy-Authorization: Basic`); `None` accepts every local client.
     pub credentials: Option<Credentials>,
@@ -80,6 +88,7 @@ impl EntryConfig {
             relays,
             socks_listen: None,
             http_listen: None,
+            webview_listen: None,
             credentials: None,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),

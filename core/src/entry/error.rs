@@ -27,6 +27,12 @@ pub enum OpenError {
         "`{0}` is not an NWS name (.nostr, npub1…, nprofile1…) and public exits are not enabled"
     )]
     NotNws(String),
+    /// The host is not an NWS name, and the listener it came through (the
+    /// WebView listener) serves only those.
+    #[error(
+        "`{0}` is not an NWS name (.nostr, npub1…, nprofile1…): this listener serves only those"
+    )]
+    NamesOnly(String),
     /// No relay of the exit could be reached, or none took the `CONNECT`.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -51,7 +57,7 @@ impl OpenError {
         use socks5::ReplyCode as R;
         match self {
             Self::BadName { .. } => R::HostUnreachable,
-            Self::NotNws(_) => R::ConnectionNotAllowed,
+            Self::NotNws(_) | Self::NamesOnly(_) => R::ConnectionNotAllowed,
             Self::Transport(_) | Self::NoPublicExit(_) => R::NetworkUnreachable,
             Self::Codec(_) => R::GeneralFailure,
             Self::Timeout(_) => R::HostUnreachable,
@@ -71,7 +77,7 @@ impl OpenError {
     /// answer, 502 otherwise (including failure to connect).
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::NotNws(_) | Self::Refused(ErrorReason::NotAllowed) => 403,
+            Self::NotNws(_) | Self::NamesOnly(_) | Self::Refused(ErrorReason::NotAllowed) => 403,
             Self::Timeout(_) => 504,
             _ => 502,
         }

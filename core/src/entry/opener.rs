@@ -126,6 +126,17 @@ impl Entry {
         self.transport.relay_counts().await
     }
 
+    /// The relays connected now.
+    pub async fn connected_relays(&self) -> Vec<RelayUrl> {
+        self.transport.connected_relays().await
+    }
+
+    /// Relay connections as they come up and go down
+    /// ([`Transport::relay_changes`]).
+    pub fn relay_changes(&self) -> tokio::sync::broadcast::Receiver<crate::transport::RelayChange> {
+        self.transport.relay_changes()
+    }
+
     /// The device's network changed: relays not connected are tried again
     /// at once, their reconnection backoff reset
     /// ([`Transport::network_changed`]).
@@ -177,6 +188,25 @@ impl Entry {
             Ok(Some(_)) => Ok(()),
             Ok(None) if self.config.exit.is_some() || self.directory.is_some() => Ok(()),
             Ok(None) => Err(OpenError::NotNws(host.to_string())),
+            Err(source) => Err(OpenError::BadName {
+                host: host.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Whether `host` is an NWS name (`.nostr`, `npub1…`, `nprofile1…`) that
+    /// parses: what the WebView listener ([`EntryConfig::webview_listen`])
+    /// checks before it opens a stream, so that it never uses the fixed exit
+    /// or public exits.
+    ///
+    /// # Errors
+    /// [`OpenError::BadName`] for a name that does not parse,
+    /// [`OpenError::NamesOnly`] for any other host.
+    pub fn check_nws_name(&self, host: &str) -> Result<(), OpenError> {
+        match parse_host(host) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(OpenError::NamesOnly(host.to_string())),
             Err(source) => Err(OpenError::BadName {
                 host: host.to_string(),
                 source,

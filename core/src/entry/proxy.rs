@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{accept_loop, Cap, Stopped};
@@ -21,21 +21,26 @@ use super::{http, socks5, Entry, EntryConfig, EntryError};
 /// closed unanswered.
 const WAITING_AT_MOST: usize = 256;
 
-/// A running entry proxy with its SOCKS5 and HTTP listeners.
+/// A running entry proxy with its SOCKS5, HTTP and WebView listeners.
 pub struct EntryProxy {
     entry: Entry,
     socks_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    webview_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Accept loops still running.
     listening: Arc<AtomicUsize>,
+    /// Notified (once, with a stored permit) when a listener is lost.
+    lost: Arc<Notify>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     Socks5,
     Http,
+    /// HTTP without credentials, NWS names only ([`EntryConfig::webview_listen`]).
+    WebView,
 }
 
 impl EntryProxy {
@@ -61,19 +66,23 @@ impl EntryProxy {
             entry,
             socks_addr: None,
             http_addr: None,
+            webview_addr: None,
             cancel,
             tasks: Vec::new(),
             listening,
+            lost: Arc::new(Notify::new()),
         };
         for (addr, proto) in [
             (config.socks_listen, Protocol::Socks5),
             (config.http_listen, Protocol::Http),
+            (config.webview_listen, Protocol::WebView),
         ] {
             let Some(addr) = addr else { continue };
             match proxy.listen(addr, proto, (cap, limit.clone())).await {
                 Ok(local) => match proto {
                     Protocol::Socks5 => proxy.socks_addr = Some(local),
                     Protocol::Http => proxy.http_addr = Some(local),
+                    Protocol::WebView => proxy.webview_addr = Some(local),
                 },
                 Err(e) => {
                     proxy.stop().await;
@@ -102,7 +111,7 @@ impl EntryProxy {
             async move {
                 match proto {
                     Protocol::Socks5 => serve_socks(&entry, sock).await,
-                    Protocol::Http => serve_http(&entry, sock).await,
+                    Protocol::Http | Protocol::WebView => serve_http(&entry, sock, proto).await,
                 }
             }
         };
@@ -113,16 +122,18 @@ impl EntryProxy {
         let name = match proto {
             Protocol::Socks5 => "SOCKS5 proxy",
             Protocol::Http => "HTTP proxy",
+            Protocol::WebView => "WebView proxy",
         };
-        let listening = self.listening.clone();
+        let (listening, lost) = (self.listening.clone(), self.lost.clone());
         let cancel = self.cancel.clone();
         self.tasks.push(tokio::spawn(async move {
             let stopped =
                 accept_loop(listener, name, cancel, Some(cap), serve, refuse_client).await;
+            listening.fetch_sub(1, Ordering::Relaxed);
             if stopped == Stopped::ListenerGone {
                 log::warn!("{name}: start the proxy again to listen again");
+                lost.notify_one();
             }
-            listening.fetch_sub(1, Ordering::Relaxed);
         }));
         Ok(local)
     }
@@ -142,6 +153,21 @@ impl EntryProxy {
     /// Where the HTTP proxy listens.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Where the WebView listener listens ([`EntryConfig::webview_listen`]).
+    pub fn webview_addr(&self) -> Option<SocketAddr> {
+        self.webview_addr
+    }
+
+    /// Resolves once a listener has been lost (the OS closed or invalidated
+    /// its socket; iOS does so to suspended apps), at once if that already
+    /// happened; never if it does not. The proxy does not listen again by
+    /// itself: stop it and start a new one on the same addresses. The future
+    /// holds no borrow of the proxy.
+    pub fn listener_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let lost = self.lost.clone();
+        async move { lost.notified().await }
     }
 
     /// Where the entry listens for exits' reverse connections (`CONNECTR`).
@@ -168,7 +194,7 @@ impl EntryProxy {
 /// are checked as usual, within the handshake timeout) and refuses it with
 /// SOCKS5 reply 1 "general failure" or HTTP 503.
 async fn refuse(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
-    let creds = entry.config.credentials.as_ref();
+    let creds = credentials(entry, proto);
     let deadline = entry.config.handshake_timeout;
     match proto {
         Protocol::Socks5 => {
@@ -178,7 +204,7 @@ async fn refuse(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
                 let _ = socks5::reply(&mut sock, socks5::ReplyCode::GeneralFailure).await;
             }
         }
-        Protocol::Http => {
+        Protocol::Http | Protocol::WebView => {
             if let Ok(Ok(_)) =
                 tokio::time::timeout(deadline, http::read_request(&mut sock, creds)).await
             {
@@ -186,6 +212,15 @@ async fn refuse(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
                 let _ = http::write_error(&mut sock, 503, msg).await;
             }
         }
+    }
+}
+
+/// The credentials clients of a `proto` listener must present: the WebView
+/// listener asks for none.
+fn credentials(entry: &Entry, proto: Protocol) -> Option<&super::Credentials> {
+    match proto {
+        Protocol::WebView => None,
+        Protocol::Socks5 | Protocol::Http => entry.config.credentials.as_ref(),
     }
 }
 
@@ -237,8 +272,11 @@ async fn serve_socks(entry: &Entry, mut sock: TcpStream) {
     }
 }
 
-async fn serve_http(entry: &Entry, mut sock: TcpStream) {
-    let creds = entry.config.credentials.as_ref();
+/// Serves one client of the HTTP proxy or (`proto` WebView) of the WebView
+/// listener, which asks for no credentials and refuses hosts that are not
+/// NWS names with 403.
+async fn serve_http(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
+    let creds = credentials(entry, proto);
     let req = match tokio::time::timeout(
         entry.config.handshake_timeout,
         http::read_request(&mut sock, creds),
@@ -260,6 +298,13 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream) {
         }
     };
     let (host, port) = (req.host().to_string(), req.port());
+    if proto == Protocol::WebView {
+        if let Err(e) = entry.check_nws_name(&host) {
+            log::info!("WebView proxy {host}:{port}: {e}");
+            let _ = http::write_error(&mut sock, e.http_status(), &e.to_string()).await;
+            return;
+        }
+    }
     // A forwarded request is known before the stream opens: its head can
     // ride in the CONNECT (0-RTT). A CONNECT client waits for our 200.
     let (connect, mut first) = match req {
@@ -272,7 +317,7 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream) {
         }
     };
     if connect && entry.config.early_reply {
-        return serve_early(entry, sock, Protocol::Http, host, port, first).await;
+        return serve_early(entry, sock, proto, host, port, first).await;
     }
     let early: &[u8] = if connect { &[] } else { &first };
     let stream = match entry.open_early(&host, port, early).await {
@@ -321,13 +366,15 @@ async fn serve_early(
         log::info!("{proto:?} {host}:{port}: {e}");
         let _ = match proto {
             Protocol::Socks5 => socks5::reply(&mut sock, e.socks_reply()).await,
-            Protocol::Http => http::write_error(&mut sock, e.http_status(), &e.to_string()).await,
+            Protocol::Http | Protocol::WebView => {
+                http::write_error(&mut sock, e.http_status(), &e.to_string()).await
+            }
         };
         return;
     }
     let answered = match proto {
         Protocol::Socks5 => socks5::reply(&mut sock, socks5::ReplyCode::Succeeded).await,
-        Protocol::Http => http::write_connect_established(&mut sock).await,
+        Protocol::Http | Protocol::WebView => http::write_connect_established(&mut sock).await,
     };
     if answered.is_err() {
         return;

@@ -619,6 +619,38 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 public protocol NwsProxyProtocol: AnyObject, Sendable {
     
     /**
+     * Call when the app returns to the foreground (Android `onStart` of the
+     * first activity, iOS `sceneWillEnterForeground`). If the proxy runs
+     * but the system closed its listening sockets meanwhile (iOS does so
+     * to suspended apps), it listens again on the same ports with the same
+     * credentials; if it stopped on its own (its listeners were lost and
+     * listening again failed), it starts again, also with the same
+     * credentials. Then relays not connected are tried at once, as
+     * [`network_changed`](NwsProxy::network_changed) does. A proxy stopped
+     * by `stop()` stays stopped. Returns where it listens, or `None` when
+     * it is stopped.
+     *
+     * # Errors
+     *
+     * As [`start`](NwsProxy::start), when listening again fails.
+     */
+    func appResumed() async throws  -> ProxyInfo?
+    
+    /**
+     * Waits until at least one relay is connected (the proxy can open
+     * streams to names that use the configured relays), for at most
+     * `timeout_ms` milliseconds. Returns the number of relays connected.
+     * With no relays configured (only `.nostr` and `nprofile1…` names, which
+     * bring their own) there is nothing to wait for: returns 0 at once.
+     *
+     * # Errors
+     *
+     * [`NwsError::Stopped`] if the proxy is not running,
+     * [`NwsError::Timeout`] if no relay connected in time.
+     */
+    func awaitReady(timeoutMs: UInt64) async throws  -> UInt32
+    
+    /**
      * Where the proxy listens while it runs (`None` when it is not running),
      * without waiting.
      */
@@ -790,6 +822,66 @@ public convenience init(config: ProxyConfig)throws  {
 
     
 
+    
+    /**
+     * Call when the app returns to the foreground (Android `onStart` of the
+     * first activity, iOS `sceneWillEnterForeground`). If the proxy runs
+     * but the system closed its listening sockets meanwhile (iOS does so
+     * to suspended apps), it listens again on the same ports with the same
+     * credentials; if it stopped on its own (its listeners were lost and
+     * listening again failed), it starts again, also with the same
+     * credentials. Then relays not connected are tried at once, as
+     * [`network_changed`](NwsProxy::network_changed) does. A proxy stopped
+     * by `stop()` stays stopped. Returns where it listens, or `None` when
+     * it is stopped.
+     *
+     * # Errors
+     *
+     * As [`start`](NwsProxy::start), when listening again fails.
+     */
+open func appResumed()async throws  -> ProxyInfo?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_nws_fn_method_nwsproxy_app_resumed(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_nws_rust_future_poll_rust_buffer,
+            completeFunc: ffi_nws_rust_future_complete_rust_buffer,
+            freeFunc: ffi_nws_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeProxyInfo.lift,
+            errorHandler: FfiConverterTypeNwsError_lift
+        )
+}
+    
+    /**
+     * Waits until at least one relay is connected (the proxy can open
+     * streams to names that use the configured relays), for at most
+     * `timeout_ms` milliseconds. Returns the number of relays connected.
+     * With no relays configured (only `.nostr` and `nprofile1…` names, which
+     * bring their own) there is nothing to wait for: returns 0 at once.
+     *
+     * # Errors
+     *
+     * [`NwsError::Stopped`] if the proxy is not running,
+     * [`NwsError::Timeout`] if no relay connected in time.
+     */
+open func awaitReady(timeoutMs: UInt64)async throws  -> UInt32  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_nws_fn_method_nwsproxy_await_ready(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_nws_rust_future_poll_u32,
+            completeFunc: ffi_nws_rust_future_complete_u32,
+            freeFunc: ffi_nws_rust_future_free_u32,
+            liftFunc: FfiConverterUInt32.lift,
+            errorHandler: FfiConverterTypeNwsError_lift
+        )
+}
     
     /**
      * Where the proxy listens while it runs (`None` when it is not running),
@@ -1379,6 +1471,12 @@ public protocol ProxyListener: AnyObject, Sendable {
     func onStateChanged(state: ProxyState) 
     
     /**
+     * Something happened to the proxy: a relay connected or disconnected,
+     * streams opened or closed, a failed start, lost listeners.
+     */
+    func onEvent(event: ProxyEvent) 
+    
+    /**
      * A log line at `level` from the Rust module `target` (for example
      * `nws_core::entry`), at or above the level set with
      * [`set_log_level`](crate::set_log_level).
@@ -1460,6 +1558,19 @@ open func onStateChanged(state: ProxyState)  {try! rustCall() {
 }
     
     /**
+     * Something happened to the proxy: a relay connected or disconnected,
+     * streams opened or closed, a failed start, lost listeners.
+     */
+open func onEvent(event: ProxyEvent)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_nws_fn_method_proxylistener_on_event(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeProxyEvent_lower(event),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * A log line at `level` from the Rust module `target` (for example
      * `nws_core::entry`), at or above the level set with
      * [`set_log_level`](crate::set_log_level).
@@ -1516,6 +1627,30 @@ fileprivate struct UniffiCallbackInterfaceProxyListener {
                 }
                 return uniffiObj.onStateChanged(
                      state: try FfiConverterTypeProxyState_lift(state)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        onEvent: { (
+            uniffiHandle: UInt64,
+            event: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeProxyListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onEvent(
+                     event: try FfiConverterTypeProxyEvent_lift(event)
                 )
             }
 
@@ -1710,6 +1845,21 @@ public struct ProxyConfig: Equatable, Hashable {
      * HTTP status. Default `false`.
      */
     public let earlyReply: Bool
+    /**
+     * Also serve a WebView listener: an HTTP proxy (`CONNECT` and
+     * absolute-form requests) for WebViews and browsers, which cannot send
+     * proxy credentials. It asks for none and serves only NWS names
+     * (`.nostr`, `npub1…`, `nprofile1…` hosts) to the exits they name,
+     * never `exit` or public exits (other hosts get HTTP 403), so another
+     * app on the device that finds the port gains nothing it could not get
+     * by running NWS itself. Its port is [`ProxyInfo::webview_port`].
+     * Default `false`.
+     */
+    public let webview: Bool
+    /**
+     * WebView listener port; 0 as for `socks_port`. Default 0.
+     */
+    public let webviewPort: UInt16
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1773,7 +1923,20 @@ public struct ProxyConfig: Equatable, Hashable {
          * become 1). The price: when the exit refuses (its backend is down, say),
          * the client sees a reset connection rather than a SOCKS5 reply code or
          * HTTP status. Default `false`.
-         */earlyReply: Bool = false) {
+         */earlyReply: Bool = false, 
+        /**
+         * Also serve a WebView listener: an HTTP proxy (`CONNECT` and
+         * absolute-form requests) for WebViews and browsers, which cannot send
+         * proxy credentials. It asks for none and serves only NWS names
+         * (`.nostr`, `npub1…`, `nprofile1…` hosts) to the exits they name,
+         * never `exit` or public exits (other hosts get HTTP 403), so another
+         * app on the device that finds the port gains nothing it could not get
+         * by running NWS itself. Its port is [`ProxyInfo::webview_port`].
+         * Default `false`.
+         */webview: Bool = false, 
+        /**
+         * WebView listener port; 0 as for `socks_port`. Default 0.
+         */webviewPort: UInt16 = UInt16(0)) {
         self.relays = relays
         self.listenHost = listenHost
         self.socks = socks
@@ -1787,6 +1950,8 @@ public struct ProxyConfig: Equatable, Hashable {
         self.publicExits = publicExits
         self.exit = exit
         self.earlyReply = earlyReply
+        self.webview = webview
+        self.webviewPort = webviewPort
     }
 
     
@@ -1817,7 +1982,9 @@ public struct FfiConverterTypeProxyConfig: FfiConverterRustBuffer {
                 legacyExits: FfiConverterSequenceString.read(from: &buf), 
                 publicExits: FfiConverterBool.read(from: &buf), 
                 exit: FfiConverterOptionString.read(from: &buf), 
-                earlyReply: FfiConverterBool.read(from: &buf)
+                earlyReply: FfiConverterBool.read(from: &buf), 
+                webview: FfiConverterBool.read(from: &buf), 
+                webviewPort: FfiConverterUInt16.read(from: &buf)
         )
     }
 
@@ -1835,6 +2002,8 @@ public struct FfiConverterTypeProxyConfig: FfiConverterRustBuffer {
         FfiConverterBool.write(value.publicExits, into: &buf)
         FfiConverterOptionString.write(value.exit, into: &buf)
         FfiConverterBool.write(value.earlyReply, into: &buf)
+        FfiConverterBool.write(value.webview, into: &buf)
+        FfiConverterUInt16.write(value.webviewPort, into: &buf)
     }
 }
 
@@ -1966,6 +2135,11 @@ public struct ProxyInfo: Equatable, Hashable {
      */
     public let httpPort: UInt16?
     /**
+     * The WebView listener's port, if it is on (`ProxyConfig::webview`);
+     * it takes no credentials.
+     */
+    public let webviewPort: UInt16?
+    /**
      * The credentials clients must present, if any (new on every `start()`
      * after a `stop()`; kept by `restart()`).
      */
@@ -1984,12 +2158,17 @@ public struct ProxyInfo: Equatable, Hashable {
          * The HTTP proxy port, if the HTTP proxy is on.
          */httpPort: UInt16?, 
         /**
+         * The WebView listener's port, if it is on (`ProxyConfig::webview`);
+         * it takes no credentials.
+         */webviewPort: UInt16?, 
+        /**
          * The credentials clients must present, if any (new on every `start()`
          * after a `stop()`; kept by `restart()`).
          */credentials: ProxyCredentials?) {
         self.host = host
         self.socksPort = socksPort
         self.httpPort = httpPort
+        self.webviewPort = webviewPort
         self.credentials = credentials
     }
 
@@ -2012,6 +2191,7 @@ public struct FfiConverterTypeProxyInfo: FfiConverterRustBuffer {
                 host: FfiConverterString.read(from: &buf), 
                 socksPort: FfiConverterOptionUInt16.read(from: &buf), 
                 httpPort: FfiConverterOptionUInt16.read(from: &buf), 
+                webviewPort: FfiConverterOptionUInt16.read(from: &buf), 
                 credentials: FfiConverterOptionTypeProxyCredentials.read(from: &buf)
         )
     }
@@ -2020,6 +2200,7 @@ public struct FfiConverterTypeProxyInfo: FfiConverterRustBuffer {
         FfiConverterString.write(value.host, into: &buf)
         FfiConverterOptionUInt16.write(value.socksPort, into: &buf)
         FfiConverterOptionUInt16.write(value.httpPort, into: &buf)
+        FfiConverterOptionUInt16.write(value.webviewPort, into: &buf)
         FfiConverterOptionTypeProxyCredentials.write(value.credentials, into: &buf)
     }
 }
@@ -2640,6 +2821,188 @@ public func FfiConverterTypeNwsError_lower(_ value: NwsError) -> RustBuffer {
 
 
 /**
+ * What happened to a running proxy, for [`ProxyListener::on_event`]: its
+ * health (relays, streams) and what it did on its own.
+ */
+
+public enum ProxyEvent: Equatable, Hashable {
+    
+    /**
+     * A relay connection came up. `connected` and `known` count the
+     * proxy's relays after the change.
+     */
+    case relayConnected(
+        /**
+         * The relay URL (`wss://…`).
+         */url: String, 
+        /**
+         * Relays connected now.
+         */connected: UInt32, 
+        /**
+         * Relays known (configured, or learnt from names used so far).
+         */known: UInt32
+    )
+    /**
+     * A relay connection ended (it is retried with backoff, or at once
+     * after `networkChanged()`).
+     */
+    case relayDisconnected(
+        /**
+         * The relay URL.
+         */url: String, 
+        /**
+         * Relays connected now.
+         */connected: UInt32, 
+        /**
+         * Relays known.
+         */known: UInt32
+    )
+    /**
+     * Streams were opened or closed: the counts now. Changes within
+     * 100 ms come as one event.
+     */
+    case streamsChanged(
+        /**
+         * Streams open now.
+         */`open`: UInt32, 
+        /**
+         * Streams opened since start.
+         */total: UInt64
+    )
+    /**
+     * A start (by `start()`, `restart()`, `appResumed()` or a rebind)
+     * failed; the proxy is stopped.
+     */
+    case startFailed(
+        /**
+         * Why, as a sentence.
+         */reason: String
+    )
+    /**
+     * The system closed or invalidated a listening socket (iOS does so to
+     * suspended apps). The proxy listens again on the same ports with the
+     * same credentials at once (state `Starting`, then `Running`, or
+     * [`ProxyEvent::StartFailed`] and `Stopped`); open client connections
+     * are closed.
+     */
+    case listenersLost(
+        /**
+         * What was seen, as a sentence.
+         */reason: String
+    )
+    /**
+     * The proxy listens again after [`ProxyEvent::ListenersLost`] or
+     * `appResumed()`, here (the same ports unless another program took
+     * one meanwhile).
+     */
+    case rebound(
+        /**
+         * Where it listens now.
+         */info: ProxyInfo
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension ProxyEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProxyEvent: FfiConverterRustBuffer {
+    typealias SwiftType = ProxyEvent
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProxyEvent {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .relayConnected(url: try FfiConverterString.read(from: &buf), connected: try FfiConverterUInt32.read(from: &buf), known: try FfiConverterUInt32.read(from: &buf)
+        )
+        
+        case 2: return .relayDisconnected(url: try FfiConverterString.read(from: &buf), connected: try FfiConverterUInt32.read(from: &buf), known: try FfiConverterUInt32.read(from: &buf)
+        )
+        
+        case 3: return .streamsChanged(open: try FfiConverterUInt32.read(from: &buf), total: try FfiConverterUInt64.read(from: &buf)
+        )
+        
+        case 4: return .startFailed(reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 5: return .listenersLost(reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 6: return .rebound(info: try FfiConverterTypeProxyInfo.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ProxyEvent, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .relayConnected(url,connected,known):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(url, into: &buf)
+            FfiConverterUInt32.write(connected, into: &buf)
+            FfiConverterUInt32.write(known, into: &buf)
+            
+        
+        case let .relayDisconnected(url,connected,known):
+            writeInt(&buf, Int32(2))
+            FfiConverterString.write(url, into: &buf)
+            FfiConverterUInt32.write(connected, into: &buf)
+            FfiConverterUInt32.write(known, into: &buf)
+            
+        
+        case let .streamsChanged(`open`,total):
+            writeInt(&buf, Int32(3))
+            FfiConverterUInt32.write(`open`, into: &buf)
+            FfiConverterUInt64.write(total, into: &buf)
+            
+        
+        case let .startFailed(reason):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .listenersLost(reason):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .rebound(info):
+            writeInt(&buf, Int32(6))
+            FfiConverterTypeProxyInfo.write(info, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProxyEvent_lift(_ buf: RustBuffer) throws -> ProxyEvent {
+    return try FfiConverterTypeProxyEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProxyEvent_lower(_ value: ProxyEvent) -> RustBuffer {
+    return FfiConverterTypeProxyEvent.lower(value)
+}
+
+
+
+/**
  * Lifecycle state of a proxy.
  */
 
@@ -3076,7 +3439,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_nws_checksum_method_proxylistener_on_state_changed() != 54777) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_nws_checksum_method_proxylistener_on_log() != 54770) {
+    if (uniffi_nws_checksum_method_proxylistener_on_event() != 51697) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nws_checksum_method_proxylistener_on_log() != 59445) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nws_checksum_method_nwsproxy_app_resumed() != 32514) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_nws_checksum_method_nwsproxy_await_ready() != 3889) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_method_nwsproxy_info() != 45198) {

@@ -661,26 +661,32 @@ internal interface UniffiCallbackInterfaceProxyListenerMethod0 : com.sun.jna.Cal
     fun callback(`uniffiHandle`: Long,`state`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
 internal interface UniffiCallbackInterfaceProxyListenerMethod1 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceProxyListenerMethod2 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`level`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`message`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
-@Structure.FieldOrder("uniffiFree", "uniffiClone", "onStateChanged", "onLog")
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onStateChanged", "onEvent", "onLog")
 internal open class UniffiVTableCallbackInterfaceProxyListener(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
     @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
     @JvmField internal var `onStateChanged`: UniffiCallbackInterfaceProxyListenerMethod0? = null,
-    @JvmField internal var `onLog`: UniffiCallbackInterfaceProxyListenerMethod1? = null,
+    @JvmField internal var `onEvent`: UniffiCallbackInterfaceProxyListenerMethod1? = null,
+    @JvmField internal var `onLog`: UniffiCallbackInterfaceProxyListenerMethod2? = null,
 ) : Structure() {
     class UniffiByValue(
         `uniffiFree`: UniffiCallbackInterfaceFree? = null,
         `uniffiClone`: UniffiCallbackInterfaceClone? = null,
         `onStateChanged`: UniffiCallbackInterfaceProxyListenerMethod0? = null,
-        `onLog`: UniffiCallbackInterfaceProxyListenerMethod1? = null,
-    ): UniffiVTableCallbackInterfaceProxyListener(`uniffiFree`,`uniffiClone`,`onStateChanged`,`onLog`,), Structure.ByValue
+        `onEvent`: UniffiCallbackInterfaceProxyListenerMethod1? = null,
+        `onLog`: UniffiCallbackInterfaceProxyListenerMethod2? = null,
+    ): UniffiVTableCallbackInterfaceProxyListener(`uniffiFree`,`uniffiClone`,`onStateChanged`,`onEvent`,`onLog`,), Structure.ByValue
 
    internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceProxyListener) {
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `onStateChanged` = other.`onStateChanged`
+        `onEvent` = other.`onEvent`
         `onLog` = other.`onLog`
     }
 
@@ -724,7 +730,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_nws_checksum_method_proxylistener_on_state_changed(
     ): Int
+    external fun uniffi_nws_checksum_method_proxylistener_on_event(
+    ): Int
     external fun uniffi_nws_checksum_method_proxylistener_on_log(
+    ): Int
+    external fun uniffi_nws_checksum_method_nwsproxy_app_resumed(
+    ): Int
+    external fun uniffi_nws_checksum_method_nwsproxy_await_ready(
     ): Int
     external fun uniffi_nws_checksum_method_nwsproxy_info(
     ): Int
@@ -787,6 +799,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_nws_fn_method_proxylistener_on_state_changed(`ptr`: Long,`state`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_nws_fn_method_proxylistener_on_event(`ptr`: Long,`event`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_nws_fn_method_proxylistener_on_log(`ptr`: Long,`level`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`message`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_nws_fn_clone_nwsproxy(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -794,6 +808,10 @@ internal object UniffiLib {
     external fun uniffi_nws_fn_free_nwsproxy(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_nws_fn_constructor_nwsproxy_new(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_nws_fn_method_nwsproxy_app_resumed(`ptr`: Long,
+    ): Long
+    external fun uniffi_nws_fn_method_nwsproxy_await_ready(`ptr`: Long,`timeoutMs`: Long,
     ): Long
     external fun uniffi_nws_fn_method_nwsproxy_info(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -987,7 +1005,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_nws_checksum_method_proxylistener_on_state_changed() and 0xFFFF) != 54777) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_nws_checksum_method_proxylistener_on_log() and 0xFFFF) != 54770) {
+    if ((lib.uniffi_nws_checksum_method_proxylistener_on_event() and 0xFFFF) != 51697) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nws_checksum_method_proxylistener_on_log() and 0xFFFF) != 59445) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nws_checksum_method_nwsproxy_app_resumed() and 0xFFFF) != 32514) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_nws_checksum_method_nwsproxy_await_ready() and 0xFFFF) != 3889) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_method_nwsproxy_info() and 0xFFFF) != 45198) {
@@ -1546,6 +1573,38 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 public interface NwsProxyInterface {
     
     /**
+     * Call when the app returns to the foreground (Android `onStart` of the
+     * first activity, iOS `sceneWillEnterForeground`). If the proxy runs
+     * but the system closed its listening sockets meanwhile (iOS does so
+     * to suspended apps), it listens again on the same ports with the same
+     * credentials; if it stopped on its own (its listeners were lost and
+     * listening again failed), it starts again, also with the same
+     * credentials. Then relays not connected are tried at once, as
+     * [`network_changed`](NwsProxy::network_changed) does. A proxy stopped
+     * by `stop()` stays stopped. Returns where it listens, or `None` when
+     * it is stopped.
+     *
+     * # Errors
+     *
+     * As [`start`](NwsProxy::start), when listening again fails.
+     */
+    suspend fun `appResumed`(): ProxyInfo?
+    
+    /**
+     * Waits until at least one relay is connected (the proxy can open
+     * streams to names that use the configured relays), for at most
+     * `timeout_ms` milliseconds. Returns the number of relays connected.
+     * With no relays configured (only `.nostr` and `nprofile1…` names, which
+     * bring their own) there is nothing to wait for: returns 0 at once.
+     *
+     * # Errors
+     *
+     * [`NwsError::Stopped`] if the proxy is not running,
+     * [`NwsError::Timeout`] if no relay connected in time.
+     */
+    suspend fun `awaitReady`(`timeoutMs`: kotlin.ULong): kotlin.UInt
+    
+    /**
      * Where the proxy listens while it runs (`None` when it is not running),
      * without waiting.
      */
@@ -1766,6 +1825,77 @@ open class NwsProxy: Disposable, AutoCloseable, NwsProxyInterface
         return uniffiRustCall() { status ->
             UniffiLib.uniffi_nws_fn_clone_nwsproxy(handle, status)
         }
+    }
+
+    
+    /**
+     * Call when the app returns to the foreground (Android `onStart` of the
+     * first activity, iOS `sceneWillEnterForeground`). If the proxy runs
+     * but the system closed its listening sockets meanwhile (iOS does so
+     * to suspended apps), it listens again on the same ports with the same
+     * credentials; if it stopped on its own (its listeners were lost and
+     * listening again failed), it starts again, also with the same
+     * credentials. Then relays not connected are tried at once, as
+     * [`network_changed`](NwsProxy::network_changed) does. A proxy stopped
+     * by `stop()` stays stopped. Returns where it listens, or `None` when
+     * it is stopped.
+     *
+     * # Errors
+     *
+     * As [`start`](NwsProxy::start), when listening again fails.
+     */
+    @Throws(NwsException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `appResumed`() : ProxyInfo? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_nws_fn_method_nwsproxy_app_resumed(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_nws_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_nws_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_nws_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalTypeProxyInfo.lift(it) },
+        // Error FFI converter
+        NwsException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Waits until at least one relay is connected (the proxy can open
+     * streams to names that use the configured relays), for at most
+     * `timeout_ms` milliseconds. Returns the number of relays connected.
+     * With no relays configured (only `.nostr` and `nprofile1…` names, which
+     * bring their own) there is nothing to wait for: returns 0 at once.
+     *
+     * # Errors
+     *
+     * [`NwsError::Stopped`] if the proxy is not running,
+     * [`NwsError::Timeout`] if no relay connected in time.
+     */
+    @Throws(NwsException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `awaitReady`(`timeoutMs`: kotlin.ULong) : kotlin.UInt {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_nws_fn_method_nwsproxy_await_ready(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`timeoutMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_nws_rust_future_poll_u32(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_nws_rust_future_complete_u32(future, continuation) },
+        { future -> UniffiLib.ffi_nws_rust_future_free_u32(future) },
+        // lift function
+        { FfiConverterUInt.lift(it) },
+        // Error FFI converter
+        NwsException.ErrorHandler,
+    )
     }
 
     
@@ -2649,6 +2779,12 @@ public interface ProxyListener {
     fun `onStateChanged`(`state`: ProxyState)
     
     /**
+     * Something happened to the proxy: a relay connected or disconnected,
+     * streams opened or closed, a failed start, lost listeners.
+     */
+    fun `onEvent`(`event`: ProxyEvent)
+    
+    /**
      * A log line at `level` from the Rust module `target` (for example
      * `nws_core::entry`), at or above the level set with
      * [`set_log_level`](crate::set_log_level).
@@ -2785,6 +2921,23 @@ open class ProxyListenerImpl: Disposable, AutoCloseable, ProxyListener
 
     
     /**
+     * Something happened to the proxy: a relay connected or disconnected,
+     * streams opened or closed, a failed start, lost listeners.
+     */override fun `onEvent`(`event`: ProxyEvent)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_nws_fn_method_proxylistener_on_event(
+        it,
+        
+        FfiConverterTypeProxyEvent.lower(`event`),_status)
+}
+    }
+    
+    
+
+    
+    /**
      * A log line at `level` from the Rust module `target` (for example
      * `nws_core::entry`), at or above the level set with
      * [`set_log_level`](crate::set_log_level).
@@ -2833,7 +2986,19 @@ internal object uniffiCallbackInterfaceProxyListener {
             uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
         }
     }
-    internal object `onLog`: UniffiCallbackInterfaceProxyListenerMethod1 {
+    internal object `onEvent`: UniffiCallbackInterfaceProxyListenerMethod1 {
+        override fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeProxyListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onEvent`(
+                    FfiConverterTypeProxyEvent.lift(`event`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+    internal object `onLog`: UniffiCallbackInterfaceProxyListenerMethod2 {
         override fun callback(`uniffiHandle`: Long,`level`: RustBuffer.ByValue,`target`: RustBuffer.ByValue,`message`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
             val uniffiObj = FfiConverterTypeProxyListener.handleMap.get(uniffiHandle)
             val makeCall = { ->
@@ -2864,6 +3029,7 @@ internal object uniffiCallbackInterfaceProxyListener {
         uniffiFree,
         uniffiClone,
         `onStateChanged`,
+        `onEvent`,
         `onLog`,
     )
 
@@ -3004,6 +3170,23 @@ data class ProxyConfig (
      * HTTP status. Default `false`.
      */
     val `earlyReply`: kotlin.Boolean = false 
+    , 
+    /**
+     * Also serve a WebView listener: an HTTP proxy (`CONNECT` and
+     * absolute-form requests) for WebViews and browsers, which cannot send
+     * proxy credentials. It asks for none and serves only NWS names
+     * (`.nostr`, `npub1…`, `nprofile1…` hosts) to the exits they name,
+     * never `exit` or public exits (other hosts get HTTP 403), so another
+     * app on the device that finds the port gains nothing it could not get
+     * by running NWS itself. Its port is [`ProxyInfo::webview_port`].
+     * Default `false`.
+     */
+    val `webview`: kotlin.Boolean = false 
+    , 
+    /**
+     * WebView listener port; 0 as for `socks_port`. Default 0.
+     */
+    val `webviewPort`: kotlin.UShort = 0u 
     
 ){
     
@@ -3033,6 +3216,8 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterBoolean.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterUShort.read(buf),
         )
     }
 
@@ -3049,7 +3234,9 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterSequenceString.allocationSize(value.`legacyExits`) +
             FfiConverterBoolean.allocationSize(value.`publicExits`) +
             FfiConverterOptionalString.allocationSize(value.`exit`) +
-            FfiConverterBoolean.allocationSize(value.`earlyReply`)
+            FfiConverterBoolean.allocationSize(value.`earlyReply`) +
+            FfiConverterBoolean.allocationSize(value.`webview`) +
+            FfiConverterUShort.allocationSize(value.`webviewPort`)
     )
 
     override fun write(value: ProxyConfig, buf: ByteBuffer) {
@@ -3066,6 +3253,8 @@ public object FfiConverterTypeProxyConfig: FfiConverterRustBuffer<ProxyConfig> {
             FfiConverterBoolean.write(value.`publicExits`, buf)
             FfiConverterOptionalString.write(value.`exit`, buf)
             FfiConverterBoolean.write(value.`earlyReply`, buf)
+            FfiConverterBoolean.write(value.`webview`, buf)
+            FfiConverterUShort.write(value.`webviewPort`, buf)
     }
 }
 
@@ -3151,6 +3340,12 @@ data class ProxyInfo (
     val `httpPort`: kotlin.UShort?
     , 
     /**
+     * The WebView listener's port, if it is on (`ProxyConfig::webview`);
+     * it takes no credentials.
+     */
+    val `webviewPort`: kotlin.UShort?
+    , 
+    /**
      * The credentials clients must present, if any (new on every `start()`
      * after a `stop()`; kept by `restart()`).
      */
@@ -3174,6 +3369,7 @@ public object FfiConverterTypeProxyInfo: FfiConverterRustBuffer<ProxyInfo> {
             FfiConverterString.read(buf),
             FfiConverterOptionalUShort.read(buf),
             FfiConverterOptionalUShort.read(buf),
+            FfiConverterOptionalUShort.read(buf),
             FfiConverterOptionalTypeProxyCredentials.read(buf),
         )
     }
@@ -3182,6 +3378,7 @@ public object FfiConverterTypeProxyInfo: FfiConverterRustBuffer<ProxyInfo> {
             FfiConverterString.allocationSize(value.`host`) +
             FfiConverterOptionalUShort.allocationSize(value.`socksPort`) +
             FfiConverterOptionalUShort.allocationSize(value.`httpPort`) +
+            FfiConverterOptionalUShort.allocationSize(value.`webviewPort`) +
             FfiConverterOptionalTypeProxyCredentials.allocationSize(value.`credentials`)
     )
 
@@ -3189,6 +3386,7 @@ public object FfiConverterTypeProxyInfo: FfiConverterRustBuffer<ProxyInfo> {
             FfiConverterString.write(value.`host`, buf)
             FfiConverterOptionalUShort.write(value.`socksPort`, buf)
             FfiConverterOptionalUShort.write(value.`httpPort`, buf)
+            FfiConverterOptionalUShort.write(value.`webviewPort`, buf)
             FfiConverterOptionalTypeProxyCredentials.write(value.`credentials`, buf)
     }
 }
@@ -3791,6 +3989,270 @@ public object FfiConverterTypeNwsError : FfiConverterRustBuffer<NwsException> {
     }
 
 }
+
+
+
+/**
+ * What happened to a running proxy, for [`ProxyListener::on_event`]: its
+ * health (relays, streams) and what it did on its own.
+ */
+sealed class ProxyEvent {
+    
+    /**
+     * A relay connection came up. `connected` and `known` count the
+     * proxy's relays after the change.
+     */
+    data class RelayConnected(
+        /**
+         * The relay URL (`wss://…`).
+         */
+        val `url`: kotlin.String, 
+        /**
+         * Relays connected now.
+         */
+        val `connected`: kotlin.UInt, 
+        /**
+         * Relays known (configured, or learnt from names used so far).
+         */
+        val `known`: kotlin.UInt) : ProxyEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A relay connection ended (it is retried with backoff, or at once
+     * after `networkChanged()`).
+     */
+    data class RelayDisconnected(
+        /**
+         * The relay URL.
+         */
+        val `url`: kotlin.String, 
+        /**
+         * Relays connected now.
+         */
+        val `connected`: kotlin.UInt, 
+        /**
+         * Relays known.
+         */
+        val `known`: kotlin.UInt) : ProxyEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * Streams were opened or closed: the counts now. Changes within
+     * 100 ms come as one event.
+     */
+    data class StreamsChanged(
+        /**
+         * Streams open now.
+         */
+        val `open`: kotlin.UInt, 
+        /**
+         * Streams opened since start.
+         */
+        val `total`: kotlin.ULong) : ProxyEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A start (by `start()`, `restart()`, `appResumed()` or a rebind)
+     * failed; the proxy is stopped.
+     */
+    data class StartFailed(
+        /**
+         * Why, as a sentence.
+         */
+        val `reason`: kotlin.String) : ProxyEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The system closed or invalidated a listening socket (iOS does so to
+     * suspended apps). The proxy listens again on the same ports with the
+     * same credentials at once (state `Starting`, then `Running`, or
+     * [`ProxyEvent::StartFailed`] and `Stopped`); open client connections
+     * are closed.
+     */
+    data class ListenersLost(
+        /**
+         * What was seen, as a sentence.
+         */
+        val `reason`: kotlin.String) : ProxyEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The proxy listens again after [`ProxyEvent::ListenersLost`] or
+     * `appResumed()`, here (the same ports unless another program took
+     * one meanwhile).
+     */
+    data class Rebound(
+        /**
+         * Where it listens now.
+         */
+        val `info`: org.nostrwebservices.nws.ProxyInfo) : ProxyEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProxyEvent : FfiConverterRustBuffer<ProxyEvent>{
+    override fun read(buf: ByteBuffer): ProxyEvent {
+        return when(buf.getInt()) {
+            1 -> ProxyEvent.RelayConnected(
+                FfiConverterString.read(buf),
+                FfiConverterUInt.read(buf),
+                FfiConverterUInt.read(buf),
+                )
+            2 -> ProxyEvent.RelayDisconnected(
+                FfiConverterString.read(buf),
+                FfiConverterUInt.read(buf),
+                FfiConverterUInt.read(buf),
+                )
+            3 -> ProxyEvent.StreamsChanged(
+                FfiConverterUInt.read(buf),
+                FfiConverterULong.read(buf),
+                )
+            4 -> ProxyEvent.StartFailed(
+                FfiConverterString.read(buf),
+                )
+            5 -> ProxyEvent.ListenersLost(
+                FfiConverterString.read(buf),
+                )
+            6 -> ProxyEvent.Rebound(
+                FfiConverterTypeProxyInfo.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: ProxyEvent): ULong = when(value) {
+        is ProxyEvent.RelayConnected -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`url`)
+                + FfiConverterUInt.allocationSize(value.`connected`)
+                + FfiConverterUInt.allocationSize(value.`known`)
+            )
+        }
+        is ProxyEvent.RelayDisconnected -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`url`)
+                + FfiConverterUInt.allocationSize(value.`connected`)
+                + FfiConverterUInt.allocationSize(value.`known`)
+            )
+        }
+        is ProxyEvent.StreamsChanged -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterUInt.allocationSize(value.`open`)
+                + FfiConverterULong.allocationSize(value.`total`)
+            )
+        }
+        is ProxyEvent.StartFailed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
+        is ProxyEvent.ListenersLost -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
+        is ProxyEvent.Rebound -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeProxyInfo.allocationSize(value.`info`)
+            )
+        }
+    }
+
+    override fun write(value: ProxyEvent, buf: ByteBuffer) {
+        when(value) {
+            is ProxyEvent.RelayConnected -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`url`, buf)
+                FfiConverterUInt.write(value.`connected`, buf)
+                FfiConverterUInt.write(value.`known`, buf)
+                Unit
+            }
+            is ProxyEvent.RelayDisconnected -> {
+                buf.putInt(2)
+                FfiConverterString.write(value.`url`, buf)
+                FfiConverterUInt.write(value.`connected`, buf)
+                FfiConverterUInt.write(value.`known`, buf)
+                Unit
+            }
+            is ProxyEvent.StreamsChanged -> {
+                buf.putInt(3)
+                FfiConverterUInt.write(value.`open`, buf)
+                FfiConverterULong.write(value.`total`, buf)
+                Unit
+            }
+            is ProxyEvent.StartFailed -> {
+                buf.putInt(4)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is ProxyEvent.ListenersLost -> {
+                buf.putInt(5)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is ProxyEvent.Rebound -> {
+                buf.putInt(6)
+                FfiConverterTypeProxyInfo.write(value.`info`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
 
 
 

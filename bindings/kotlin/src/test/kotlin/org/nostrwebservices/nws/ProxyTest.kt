@@ -26,7 +26,6 @@ import org.junit.jupiter.api.Assertions.assertNotEquals
 import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.Assumptions.assumeTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
 
@@ -189,41 +188,6 @@ class ProxyTest {
         }
     }
 
-    /**
-     * Destroys the TCP listeners on [ports] as iOS does to a suspended app, with Linux's
-     * `ss -K` (SOCK_DESTROY; needs CAP_NET_ADMIN). False if that is not possible here.
-     */
-    private fun killListeners(host: String, ports: List<Int>): Boolean {
-        val ss = listOf("/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss")
-            .firstOrNull { java.io.File(it).canExecute() } ?: return false
-        for (port in ports) {
-            val p = ProcessBuilder(ss, "-K", "-t", "state", "listening", "sport", "=", ":$port")
-                .redirectErrorStream(true)
-                .start()
-            p.inputStream.readAllBytes()
-            p.waitFor(10, TimeUnit.SECONDS)
-        }
-        return ports.all { port -> runCatching { Socket(host, port).close() }.isFailure }
-    }
-
-    @Test
-    fun `start after the OS closed the listening sockets comes back on the same ports`(): Unit = runBlocking {
-        proxy().use { proxy ->
-            val info = proxy.start()
-            val ports = listOf(info.socksPort!!.toInt(), info.httpPort!!.toInt())
-            assumeTrue(killListeners(info.host, ports), "needs `ss -K` (SOCK_DESTROY, CAP_NET_ADMIN)")
-            assertEquals(ProxyState.RUNNING, proxy.state(), "the proxy cannot see it by itself")
-
-            val again = proxy.start()
-            assertEquals(info, again, "same ports and credentials")
-            assertArrayEquals(
-                TestNetwork.PAGE,
-                okHttpViaHttpProxy(again, again.credentials).get("http://${net.httpDomain}/").second,
-            )
-            proxy.stop()
-        }
-    }
-
     @Test
     fun `status counts relays, streams and bytes`(): Unit = runBlocking {
         proxy().use { proxy ->
@@ -249,6 +213,8 @@ class ProxyTest {
                 override fun onStateChanged(state: ProxyState) {
                     states.put(state)
                 }
+
+                override fun onEvent(event: ProxyEvent) {}
 
                 override fun onLog(level: LogLevel, target: String, message: String) {
                     logs.put("$level $target $message")

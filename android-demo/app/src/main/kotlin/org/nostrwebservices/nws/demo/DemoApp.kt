@@ -22,6 +22,7 @@ import org.nostrwebservices.nws.LogLevel
 import org.nostrwebservices.nws.NwsProxy
 import org.nostrwebservices.nws.ProxyConfig
 import org.nostrwebservices.nws.ProxyInfo
+import org.nostrwebservices.nws.ProxyEvent
 import org.nostrwebservices.nws.ProxyListener
 import org.nostrwebservices.nws.ProxyState
 
@@ -60,6 +61,10 @@ class DemoApp : Application() {
                 override fun onStateChanged(state: ProxyState) {
                     stateObservers.forEach { it(state) }
                 }
+
+                // Relay and stream health; the demo shows the state only (an app would
+                // rather collect `NwsProxyMonitor.health`, a StateFlow).
+                override fun onEvent(event: ProxyEvent) {}
 
                 // Log lines also go to logcat (tag "nws"); nothing more to do here.
                 override fun onLog(level: LogLevel, target: String, message: String) {}
