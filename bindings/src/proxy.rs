@@ -360,6 +360,9 @@ struct Lifecycle {
 struct Snapshot {
     state: ProxyState,
     info: Option<ProxyInfo>,
+    /// The running entry, for calls that must not wait behind a start or
+    /// stop (`status()`, `open_stream()`, `network_changed()`).
+    entry: Option<Entry>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -399,6 +402,7 @@ impl NwsProxy {
             snapshot: Mutex::new(Snapshot {
                 state: ProxyState::Stopped,
                 info: None,
+                entry: None,
             }),
             listener: Mutex::new(None),
         }))
@@ -562,7 +566,9 @@ impl NwsProxy {
         .await
     }
 
-    /// The state and counters now (relay counts ask the relay pool).
+    /// The state and counters now (relay counts ask the relay pool). Does
+    /// not wait behind a `start()` or `stop()` in progress: during one it
+    /// reports that state with zero counters.
     ///
     /// # Errors
     ///
@@ -710,9 +716,10 @@ impl NwsProxy {
         }
     }
 
+    /// The running entry, without waiting for a start or stop in progress
+    /// (`None` while stopping, stopped or starting).
     async fn entry(&self) -> Option<Entry> {
-        let lifecycle = self.lifecycle.lock().await;
-        lifecycle.running.as_ref().map(|r| r.proxy.entry().clone())
+        lock(&self.snapshot).entry.clone()
     }
 
     async fn start_inner(self: &Arc<Self>, restart: bool) -> Result<ProxyInfo, NwsError> {
@@ -816,6 +823,7 @@ impl NwsProxy {
             generation,
             _monitor: AbortOnDrop(monitor),
         });
+        lock(&self.snapshot).entry = lifecycle.running.as_ref().map(|r| r.proxy.entry().clone());
         self.set_state(ProxyState::Running, Some(info.clone()));
         Ok(info)
     }
@@ -875,6 +883,9 @@ impl NwsProxy {
     fn set_state(&self, state: ProxyState, info: Option<ProxyInfo>) {
         {
             let mut snapshot = lock(&self.snapshot);
+            if state != ProxyState::Running {
+                snapshot.entry = None;
+            }
             if snapshot.state == state && snapshot.info == info {
                 return;
             }
