@@ -2,6 +2,7 @@
 # Install everything the NWS test suite needs, on Debian 12 (run as root, or as a user with
 # sudo). Idempotent: each step is skipped when its tools are already present.
 #   - apt: curl, protobuf-compiler (for building nostr-rs-relay), pkg-config
+#   - apt: chromium (headless, for the WebView listener test)
 #   - rustup components: clippy, rustfmt
 #   - nostr-rs-relay 0.8.12 (the third-party relay the end-to-end tests run against),
 #     built with `cargo install` (~6 minutes on 2 cores, once per machine)
@@ -30,6 +31,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
         apt-get install -y --no-install-recommends curl protobuf-compiler pkg-config
 else
     log "apt packages present: curl protobuf-compiler pkg-config"
+fi
+
+# --- headless Chromium (tests/tests/webview.rs: a browser through the WebView listener) --
+if command -v chromium >/dev/null 2>&1; then
+    log "chromium present: $(command -v chromium)"
+else
+    log "installing apt package chromium (missing)"
+    "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends chromium
 fi
 
 # --- rustup components ------------------------------------------------------------------
