@@ -25,6 +25,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Stream opens and closes within this long become one
 /// [`ProxyEvent::StreamsChanged`].
 const STREAM_EVENTS_EVERY: Duration = Duration::from_millis(100);
+/// Shortest time between two automatic rebinds (a system that keeps
+/// invalidating new sockets is not answered with a busy loop).
+const REBIND_GAP: Duration = Duration::from_secs(1);
 
 /// How to start a proxy. In Kotlin and Swift every field but `relays` has
 /// the default shown.
@@ -355,6 +358,8 @@ struct Lifecycle {
     /// The credentials of a run that stopped on its own (its listeners lost
     /// and a new start failed), kept for `app_resumed()`.
     kept_credentials: Option<Option<Credentials>>,
+    /// When the last automatic rebind began.
+    last_rebind: Option<tokio::time::Instant>,
 }
 
 struct Snapshot {
@@ -869,6 +874,18 @@ impl NwsProxy {
             if lifecycle.running.as_ref().map(|r| r.generation) != Some(generation) {
                 return;
             }
+            if let Some(last) = lifecycle.last_rebind {
+                let wait = REBIND_GAP.saturating_sub(last.elapsed());
+                if !wait.is_zero() {
+                    drop(lifecycle);
+                    tokio::time::sleep(wait).await;
+                    lifecycle = self.lifecycle.lock().await;
+                    if lifecycle.running.as_ref().map(|r| r.generation) != Some(generation) {
+                        return;
+                    }
+                }
+            }
+            lifecycle.last_rebind = Some(tokio::time::Instant::now());
             log::warn!("the system closed a listening socket: listening again on the same ports");
             self.emit(ProxyEvent::ListenersLost {
                 reason: "the system closed or invalidated a listening socket".into(),

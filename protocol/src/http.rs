@@ -67,13 +67,30 @@ pub enum ProxyRequest {
         ///   request, because the stream was opened for this request's host
         ///   and the proxy does not parse later requests on the connection,
         ///   which might be for another host. The origin therefore closes
-        ///   after its response, and so does the proxy.
+        ///   after its response, and so does the proxy; and should an origin
+        ///   keep the connection open anyway, the proxy resets a client that
+        ///   sends a second request on it rather than pass the request on
+        ///   unparsed (`body` says where this one ends).
         ///
         /// Other headers keep their order, names and values.
         head: Vec<u8>,
         /// Body bytes the client sent after the head, already read.
         leftover: Vec<u8>,
+        /// How long the request's body is (RFC 9112 §6.3), so that the
+        /// proxy can tell where this request ends and refuse a second one
+        /// on the same connection.
+        body: RequestBody,
     },
+}
+
+/// The framing of a forwarded request's body (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    /// Exactly this many bytes follow the head (0 without `Content-Length`
+    /// and `Transfer-Encoding`).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: the body ends with its last chunk.
+    Chunked,
 }
 
 impl ProxyRequest {
@@ -196,6 +213,7 @@ pub fn parse(
         return Ok(Some((request, head_len)));
     }
 
+    let body = request_body(request.headers)?;
     let (authority_text, origin_form) = split_absolute_form(target)?;
     let authority = parse_authority(authority_text, Some(80))?;
     let head = rewrite_head(
@@ -210,8 +228,51 @@ pub fn parse(
         port: authority.port,
         head,
         leftover,
+        body,
     };
     Ok(Some((request, head_len)))
+}
+
+/// The body framing of a request (RFC 9112 §6.3): `Transfer-Encoding`
+/// whose last coding is `chunked` wins over `Content-Length`; any other
+/// transfer coding, or `Content-Length` values that are not one decimal
+/// number, are a bad request (the request smuggling cases of §6.3 and §11.2).
+fn request_body(headers: &[httparse::Header<'_>]) -> Result<RequestBody, HttpProxyError> {
+    let mut codings = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty())
+        .peekable();
+    if codings.peek().is_some() {
+        return match codings.last() {
+            Some(last) if last.eq_ignore_ascii_case(b"chunked") => Ok(RequestBody::Chunked),
+            _ => Err(HttpProxyError::BadRequest(
+                "a request's last transfer coding must be chunked".into(),
+            )),
+        };
+    }
+    let mut length = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        for value in h.value.split(|&b| b == b',') {
+            let text = std::str::from_utf8(value.trim_ascii()).unwrap_or("");
+            let n = (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| text.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| HttpProxyError::BadRequest("invalid Content-Length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpProxyError::BadRequest(
+                    "conflicting Content-Length values".into(),
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(RequestBody::Length(length.unwrap_or(0)))
 }
 
 /// Accepts the request if any `Proxy-Authorization` header carries Basic

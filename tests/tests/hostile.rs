@@ -1642,3 +1642,121 @@ fn a_decoded_relay_url_survives_encoding() {
     let again = decode_nostr_domain(&encode_nostr_domain(&pk, &first.relays).unwrap()).unwrap();
     assert_eq!(again, first, "{:?} became {:?}", first.relays, again.relays);
 }
+
+/// A backend that ignores `Connection: close` (keeps the connection open
+/// after its answer) cannot receive a second request from the same client
+/// connection: the entry forwards one request per connection and resets the
+/// client when it sends another, which may name another host (here one the
+/// WebView listener must refuse). The client's retry on a new connection is
+/// routed on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_forwarded_connection_carries_one_request_only() {
+    use nws_core::entry::{EntryConfig, EntryProxy};
+    use nws_core::exit::{ExitConfig, ExitNode};
+    use nws_relay::EmbeddedRelay;
+    use std::sync::{Arc, Mutex};
+
+    // The backend: answers each request head it sees, never closes, and
+    // records every byte it receives.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap().to_string();
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = backend.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+
+    let relay = EmbeddedRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let relays = vec![relay.url().clone()];
+    let exit = ExitNode::start(ExitConfig::new(
+        relays.clone(),
+        Keys::generate(),
+        &backend_addr,
+    ))
+    .await
+    .unwrap();
+    let domain = exit.nostr_domain().unwrap();
+    let mut pc = EntryConfig::new(relays);
+    pc.webview_listen = Some("127.0.0.1:0".parse().unwrap());
+    let proxy = EntryProxy::start(pc).await.unwrap();
+    let webview = proxy.webview_addr().unwrap();
+
+    let mut client = TcpStream::connect(webview).await.unwrap();
+    let first = format!("GET http://{domain}/first HTTP/1.1\r\nHost: {domain}\r\n\r\n");
+    client.write_all(first.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"ok") {
+        let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut buf))
+            .await
+            .expect("the first answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before the first answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{answer:?}");
+
+    // The same connection, kept alive by the backend, now asks for a host
+    // that the WebView listener refuses.
+    client
+        .write_all(b"GET http://example.org/second HTTP/1.1\r\nHost: example.org\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not ended");
+    assert!(rest.is_empty(), "a second answer came: {rest:?}");
+    let got = String::from_utf8_lossy(&received.lock().unwrap()).to_string();
+    assert!(got.contains("GET /first HTTP/1.1"), "{got}");
+    assert!(
+        !got.contains("second"),
+        "the second request reached the backend: {got}"
+    );
+    assert!(!got.contains("example.org"), "{got}");
+
+    // Retried on a new connection, it is routed (here: refused) on its own.
+    let mut retry = TcpStream::connect(webview).await.unwrap();
+    retry
+        .write_all(b"GET http://example.org/second HTTP/1.1\r\nHost: example.org\r\n\r\n")
+        .await
+        .unwrap();
+    let (refused, _) =
+        read_until_closed(&mut retry, Instant::now() + Duration::from_secs(10)).await;
+    assert!(
+        refused.starts_with(b"HTTP/1.1 403"),
+        "{:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    proxy.stop().await;
+    exit.stop().await;
+    drop(relay);
+}

@@ -5,7 +5,13 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::http::{error_response, parse, CONNECT_ESTABLISHED};
-pub use crate::protocol::http::{HttpProxyError, ProxyRequest, MAX_HEADERS, MAX_HEAD_BYTES};
+pub use crate::protocol::http::{
+    HttpProxyError, ProxyRequest, RequestBody, MAX_HEADERS, MAX_HEAD_BYTES,
+};
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::ReadBuf;
 
 use super::socks5::Credentials;
 
@@ -117,6 +123,92 @@ where
     stream.flush().await
 }
 
+/// The client side of a forwarded request ([`ProxyRequest::Forward`]): reads
+/// pass through until the request's body has been read, then the next byte
+/// the client sends (a second request on a kept-alive connection, which
+/// may be for another host) fails the read with `ConnectionAborted`, so the
+/// stream is reset and the client retries on a new connection, where the
+/// request is parsed and routed on its own. End of file passes through.
+///
+/// A stream carries exactly one request: the head sent to the origin says
+/// `Connection: close`, but an origin that ignores it would otherwise get
+/// the client's next request unparsed, whatever host it names.
+pub struct OneRequest<S> {
+    inner: S,
+    /// Body bytes still to pass; `None` after a chunked body's head (passes
+    /// everything: see [`OneRequest::new`]).
+    left: Option<u64>,
+}
+
+impl<S> OneRequest<S> {
+    /// Wraps `inner`, whose next bytes are the rest of a request body of
+    /// `body` framing of which `already` bytes were read with the head. A
+    /// chunked body is not bounded (the connection is passed as it is).
+    pub fn new(inner: S, body: RequestBody, already: usize) -> Self {
+        let left = match body {
+            RequestBody::Length(n) => Some(n.saturating_sub(already as u64)),
+            RequestBody::Chunked => None,
+        };
+        Self { inner, left }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for OneRequest<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match this.left {
+            None => Pin::new(&mut this.inner).poll_read(cx, buf),
+            Some(0) => {
+                let mut probe = [0u8; 1];
+                let mut probe = ReadBuf::new(&mut probe);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut probe) {
+                    Poll::Ready(Ok(())) if probe.filled().is_empty() => Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "a second request on a forwarded connection",
+                    ))),
+                    other => other,
+                }
+            }
+            Some(left) => {
+                let room = buf
+                    .remaining()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                let mut part = ReadBuf::new(buf.initialize_unfilled_to(room));
+                let polled = Pin::new(&mut this.inner).poll_read(cx, &mut part);
+                let n = part.filled().len();
+                if let Poll::Ready(Ok(())) = polled {
+                    buf.advance(n);
+                    this.left = Some(left - n as u64);
+                }
+                polled
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for OneRequest<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +242,7 @@ mod tests {
                 port,
                 head,
                 leftover,
+                ..
             } => (
                 host,
                 port,
@@ -526,5 +619,72 @@ mod tests {
         let mut out = Vec::new();
         write_error(&mut out, 42, "x").await.expect("write");
         assert!(out.starts_with(b"HTTP/1.1 500 Internal Server Error\r\n"));
+    }
+
+    #[tokio::test]
+    async fn one_request_passes_the_body_then_refuses_a_second_request() {
+        let (mut client, proxy_side) = tokio::io::duplex(1024);
+        let mut side = OneRequest::new(proxy_side, RequestBody::Length(10), 4);
+        client.write_all(b"567890GET http://other/").await.unwrap();
+        let mut body = [0u8; 6];
+        side.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"567890");
+        let err = side.read(&mut [0u8; 64]).await.expect_err("second request");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn one_request_passes_the_end_of_file() {
+        let (client, proxy_side) = tokio::io::duplex(1024);
+        let mut side = OneRequest::new(proxy_side, RequestBody::Length(0), 0);
+        drop(client);
+        assert_eq!(side.read(&mut [0u8; 64]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_request_does_not_bound_a_chunked_body() {
+        let (mut client, proxy_side) = tokio::io::duplex(1024);
+        let mut side = OneRequest::new(proxy_side, RequestBody::Chunked, 0);
+        client.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        side.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn body_framing_is_read_from_the_head() {
+        let body = |input: &'static [u8]| async move {
+            match read(input, None).await {
+                Ok(ProxyRequest::Forward { body, .. }) => Ok(body),
+                Ok(other) => panic!("expected Forward, got {other:?}"),
+                Err(e) => Err(e.status()),
+            }
+        };
+        assert_eq!(
+            body(b"GET http://h/ HTTP/1.1\r\n\r\n").await,
+            Ok(RequestBody::Length(0))
+        );
+        assert_eq!(
+            body(b"POST http://h/ HTTP/1.1\r\nContent-Length: 12\r\n\r\n").await,
+            Ok(RequestBody::Length(12))
+        );
+        assert_eq!(
+            body(b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n").await,
+            Ok(RequestBody::Chunked)
+        );
+        assert_eq!(
+            body(b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").await,
+            Err(400)
+        );
+        assert_eq!(
+            body(b"POST http://h/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n")
+                .await,
+            Err(400)
+        );
+        assert_eq!(
+            body(b"POST http://h/ HTTP/1.1\r\nContent-Length: +3\r\n\r\n").await,
+            Err(400)
+        );
     }
 }

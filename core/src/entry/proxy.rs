@@ -307,13 +307,31 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
     }
     // A forwarded request is known before the stream opens: its head can
     // ride in the CONNECT (0-RTT). A CONNECT client waits for our 200.
-    let (connect, mut first) = match req {
-        http::ProxyRequest::Connect { leftover, .. } => (true, leftover),
+    let (connect, mut first, body) = match req {
+        http::ProxyRequest::Connect { leftover, .. } => (true, leftover, None),
         http::ProxyRequest::Forward {
-            mut head, leftover, ..
+            mut head,
+            mut leftover,
+            body,
+            ..
         } => {
+            if let http::RequestBody::Length(n) = body {
+                // Bytes past the body are a pipelined second request: not
+                // for this stream (see `http::OneRequest`).
+                leftover.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            if body == http::RequestBody::Chunked && proto == Protocol::WebView {
+                // The end of a chunked body is not tracked, so a second
+                // request could follow it unparsed; a browser sends chunked
+                // request bodies only over HTTP/2, which this is not.
+                log::info!("WebView proxy {host}:{port}: chunked request body refused");
+                let msg = "a chunked request body is not accepted here; send Content-Length";
+                let _ = http::write_error(&mut sock, 411, msg).await;
+                return;
+            }
+            let already = leftover.len();
             head.extend_from_slice(&leftover);
-            (false, head)
+            (false, head, Some((body, already)))
         }
     };
     if connect && entry.config.early_reply {
@@ -334,7 +352,14 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
     if connect && http::write_connect_established(&mut sock).await.is_err() {
         return;
     }
-    if let Err(r) = stream.run(&mut sock, first).await {
+    let ran = match body {
+        None => stream.run(&mut sock, first).await,
+        Some((body, already)) => {
+            let one = http::OneRequest::new(&mut sock, body, already);
+            stream.run(one, first).await
+        }
+    };
+    if let Err(r) = ran {
         log::debug!("HTTP proxy {host}:{port}: stream ended: {r}");
         reset(sock);
     }
