@@ -4,8 +4,6 @@ import com.sun.jna.Library
 import com.sun.jna.Native
 import com.sun.jna.ptr.IntByReference
 import java.io.File
-import java.net.InetSocketAddress
-import java.net.Proxy
 import java.net.ServerSocket
 import java.nio.file.Files
 import java.util.concurrent.LinkedBlockingQueue
@@ -13,7 +11,6 @@ import java.util.concurrent.TimeUnit
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
-import okhttp3.Credentials
 import okhttp3.OkHttpClient
 import okhttp3.Request
 import org.junit.jupiter.api.Assertions.assertArrayEquals
@@ -64,18 +61,7 @@ class HealthTest {
         NwsProcess("relay-health-$port", listOf("relay", "--listen", "127.0.0.1:$port"), dir)
 
     private fun client(info: ProxyInfo, port: Int, creds: ProxyCredentials?): OkHttpClient =
-        OkHttpClient.Builder()
-            .proxy(Proxy(Proxy.Type.HTTP, InetSocketAddress(info.host, port)))
-            .proxyAuthenticator { _, response ->
-                if (creds == null || response.priorResponse != null) {
-                    null
-                } else {
-                    response.request.newBuilder()
-                        .header("Proxy-Authorization", Credentials.basic(creds.username, creds.password))
-                        .build()
-                }
-            }
-            .build()
+        okHttpThroughHttpProxy(info.host, port, creds)
 
     private fun OkHttpClient.get(url: String): Pair<Int, ByteArray> =
         newCall(Request.Builder().url(url).build()).execute().use { it.code to it.body!!.bytes() }

@@ -16,7 +16,6 @@ import java.net.http.HttpResponse
 import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
 import kotlinx.coroutines.runBlocking
-import okhttp3.Credentials
 import okhttp3.Dns
 import okhttp3.OkHttpClient
 import okhttp3.Request
@@ -37,19 +36,7 @@ class ProxyTest {
 
     /** OkHttp through the HTTP proxy, answering its 407 with [creds]. */
     private fun okHttpViaHttpProxy(info: ProxyInfo, creds: ProxyCredentials?): OkHttpClient =
-        OkHttpClient.Builder()
-            .proxy(Proxy(Proxy.Type.HTTP, InetSocketAddress(info.host, info.httpPort!!.toInt())))
-            .proxyAuthenticator { _, response ->
-                // Answer the first 407 only: a second one means the credentials are wrong.
-                if (creds == null || response.priorResponse != null) {
-                    null
-                } else {
-                    response.request.newBuilder()
-                        .header("Proxy-Authorization", Credentials.basic(creds.username, creds.password))
-                        .build()
-                }
-            }
-            .build()
+        okHttpThroughHttpProxy(info.host, info.httpPort!!.toInt(), creds)
 
     private fun OkHttpClient.get(url: String): Pair<Int, ByteArray> =
         newCall(Request.Builder().url(url).build()).execute().use { it.code to it.body!!.bytes() }

@@ -140,6 +140,25 @@ object TestNetwork {
 }
 
 /**
+ * OkHttp through the HTTP proxy at [host]:[port], answering its 407 with [creds] (none: the
+ * 407 is returned). It gives up when the refused request already carried credentials (wrong
+ * ones): `priorResponse` is not set on a CONNECT tunnel's 407.
+ */
+fun okHttpThroughHttpProxy(host: String, port: Int, creds: ProxyCredentials?): okhttp3.OkHttpClient =
+    okhttp3.OkHttpClient.Builder()
+        .proxy(java.net.Proxy(java.net.Proxy.Type.HTTP, InetSocketAddress(host, port)))
+        .proxyAuthenticator { _, response ->
+            if (creds == null || response.request.header("Proxy-Authorization") != null) {
+                null
+            } else {
+                response.request.newBuilder()
+                    .header("Proxy-Authorization", okhttp3.Credentials.basic(creds.username, creds.password))
+                    .build()
+            }
+        }
+        .build()
+
+/**
  * One `nws` process: started with [args], its stdout read line by line until `ready`; each
  * `key: value` line before that is a [field]. Its stderr goes to `<dir>/<name>.log`.
  * [close] sends SIGTERM and waits.
