@@ -38,6 +38,8 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), String> {
+    // With --once, Ctrl-C keeps its default effect.
+    let stop = (!args.once).then(crate::shutdown_signal);
     let relay = EmbeddedRelay::start(args.relay_listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -96,8 +98,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("  curl --proxy socks5h://{userinfo}@{socks} http://{domain}/");
     println!("  curl --proxy http://{userinfo}@{http} http://{domain}/");
     println!("ready");
-    if !args.once {
-        crate::shutdown_signal().await;
+    if let Some(stop) = stop {
+        stop.await;
     }
     proxy.stop().await;
     exit.stop().await;

@@ -338,12 +338,13 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Relay { listen } => {
+            let stop = shutdown_signal();
             let relay = EmbeddedRelay::start(listen)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("relay: {}", relay.url());
             println!("ready");
-            shutdown_signal().await;
+            stop.await;
             relay.shutdown();
             Ok(())
         }
@@ -415,6 +416,7 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         config.allowed_entries = Some(keys);
     }
+    let stop = shutdown_signal();
     let exit = ExitNode::start(config).await.map_err(|e| e.to_string())?;
     print_exit_names(&exit);
     if args.public {
@@ -424,7 +426,7 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
         println!("https-port: {port}");
     }
     println!("ready");
-    shutdown_signal().await;
+    stop.await;
     exit.stop().await;
     Ok(())
 }
@@ -507,6 +509,7 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
             .push(PublicKey::parse(k).map_err(|e| format!("bad --legacy-exit `{k}`: {e}"))?);
     }
     let creds = config.credentials.clone();
+    let stop = shutdown_signal();
     let proxy = EntryProxy::start(config).await.map_err(|e| e.to_string())?;
     print_entry_addrs(&proxy);
     if let Some(c) = creds {
@@ -514,7 +517,7 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
         println!("proxy-password: {}", c.password);
     }
     println!("ready");
-    shutdown_signal().await;
+    stop.await;
     proxy.stop().await;
     Ok(())
 }
@@ -538,26 +541,36 @@ fn npub(pk: &PublicKey) -> String {
     pk.to_bech32().unwrap_or_else(|_| pk.to_hex())
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Listens for Ctrl-C and SIGTERM from this call on (the handlers are in
+/// place when it returns, so call it before printing `ready`); the future
+/// resolves at the first of them. A signal that arrives between two such
+/// listeners would be lost, hence one listener, taken early.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            log::info!("shutting down");
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            log::info!("shutting down");
+        }
     }
-    log::info!("shutting down");
 }
