@@ -65,7 +65,6 @@ impl Server {
         cancel: CancellationToken,
         journal: Journal,
         membership: Arc<Mutex<Membership>>,
-        refusals: Arc<Refusals>,
     ) -> Self {
         Self {
             tls,
@@ -78,7 +77,7 @@ impl Server {
             unknown_answered: Mutex::default(),
             journal,
             membership,
-            refusals,
+            refusals: Arc::default(),
         }
     }
 

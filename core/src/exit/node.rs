@@ -139,7 +139,6 @@ impl ExitNode {
             None
         };
         let stats = Arc::new(Stats::default());
-        let refusals = Arc::new(Refusals::default());
         let server = Server::new(
             tls,
             config.clone(),
@@ -148,8 +147,8 @@ impl ExitNode {
             cancel.clone(),
             journal,
             heartbeats.membership.clone(),
-            refusals.clone(),
         );
+        let refusals = server.refusals.clone();
         let task = tokio::spawn(server.run(inbox));
         log::info!(
             "exit {public_key} instance {instance} serving backend `{}`{}{}",
