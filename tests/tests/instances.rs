@@ -624,3 +624,54 @@ async fn metrics_count_a_download_on_exit_and_entry() {
     .starts_with("HTTP/1.1 405"));
     eprintln!("[metrics] all done after {:?}", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_heartbeats_are_logged_and_disturb_nothing() {
+    use futures_util::SinkExt;
+    use nostr::{EventBuilder, Keys, Kind};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let c = Cluster::start(1).await;
+    let secret = std::fs::read_to_string(&c.key).unwrap();
+    let exit_keys = Keys::parse(secret.trim()).unwrap();
+    let kind = Kind::Custom(nws_core::exit::instances::KIND_EXIT_HEARTBEAT);
+    let bad_json = nostr::nips::nip44::encrypt(
+        exit_keys.secret_key(),
+        &exit_keys.public_key(),
+        "{\"instance\":\"../x\",\"active_from\":1}",
+        nostr::nips::nip44::Version::V2,
+    )
+    .unwrap();
+    let events = [
+        // Signed by the exit key, content that does not decrypt.
+        EventBuilder::new(kind, "not nip44").sign_with_keys(&exit_keys),
+        // Decrypts, but the instance id is not allowed.
+        EventBuilder::new(kind, bad_json).sign_with_keys(&exit_keys),
+        // Another key's heartbeat (the relay's filter should not even pass it).
+        EventBuilder::new(kind, "x").sign_with_keys(&Keys::generate()),
+    ];
+    let (mut ws, _) = tokio_tungstenite::connect_async(c.relay.as_str())
+        .await
+        .unwrap();
+    for ev in events {
+        let ev = ev.unwrap();
+        let msg = serde_json::json!(["EVENT", ev]).to_string();
+        ws.send(Message::text(msg)).await.unwrap();
+    }
+    let exit = c.exits[0].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while exit.stderr().matches("heartbeat event").count() < 2 {
+        assert!(Instant::now() < deadline, "no log line:\n{}", exit.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = exit.stderr();
+    assert!(log.contains("does not decrypt"), "{log}");
+    assert!(log.contains("instance id"), "{log}");
+    // Still alone, still serving everything.
+    let m = scrape(exit.value("metrics")).await;
+    assert_eq!(sample(&m, "nws_exit_instances_live", &[]), 1.0);
+    let results = small_streams(&c, "after-junk", 10).await;
+    assert!(results
+        .iter()
+        .all(|(_, who, _)| who.as_deref() == Some("i0")));
+}
