@@ -10,9 +10,11 @@
 
 mod demo;
 mod keys;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -184,6 +186,15 @@ struct ExitArgs {
     /// keeps it in memory only.
     #[arg(long, env = "NWS_STATE_DIR")]
     state_dir: Option<String>,
+    /// This process's name among the exit processes that share the key (up
+    /// to 64 ASCII letters, digits, `-`, `_`, `.`); default: random at every
+    /// start. Each stream is served by one live instance.
+    #[arg(long, env = "NWS_INSTANCE")]
+    instance: Option<String>,
+    /// Serve GET /metrics (Prometheus/OpenMetrics text) on this loopback
+    /// address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the exit keeps its journal (see `--state-dir`).
@@ -272,6 +283,10 @@ struct EntryArgs {
     /// client as a reset connection, not a SOCKS5 reply code or HTTP status.
     #[arg(long)]
     early_reply: bool,
+    /// Serve GET /metrics (Prometheus/OpenMetrics text) on this loopback
+    /// address, e.g. 127.0.0.1:9465.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() {
@@ -416,19 +431,85 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         config.allowed_entries = Some(keys);
     }
+    config.instance = args.instance;
     let stop = shutdown_signal();
-    let exit = ExitNode::start(config).await.map_err(|e| e.to_string())?;
+    let exit = Arc::new(ExitNode::start(config).await.map_err(|e| e.to_string())?);
     print_exit_names(&exit);
+    println!("instance: {}", exit.instance());
     if args.public {
         println!("public: announced every 10 s");
     }
     if let Some(port) = args.https_port {
         println!("https-port: {port}");
     }
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            // Weak: an idle keep-alive scrape connection must not keep the
+            // node from stopping.
+            let node = Arc::downgrade(&exit);
+            let source: metrics::Source = Arc::new(move || {
+                let node = node.upgrade();
+                Box::pin(async move {
+                    match node {
+                        Some(node) => exit_snapshot(&node).await,
+                        None => metrics::Snapshot::default(),
+                    }
+                })
+            });
+            let (bound, task) = metrics::serve(addr, "exit", source).await?;
+            println!("metrics: http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     println!("ready");
     stop.await;
-    exit.stop().await;
+    if let Some(task) = metrics {
+        task.abort();
+        let _ = task.await;
+    }
+    match Arc::try_unwrap(exit) {
+        Ok(exit) => exit.stop().await,
+        // A scrape still holds the node: the process ends anyway.
+        Err(_) => log::warn!("exit not stopped cleanly: a metrics request is in progress"),
+    }
     Ok(())
+}
+
+async fn exit_snapshot(exit: &ExitNode) -> metrics::Snapshot {
+    let m = exit.metrics().await;
+    metrics::Snapshot {
+        streams_open: m.streams_open,
+        streams_total: m.streams_total,
+        bytes_sent: m.bytes_sent,
+        bytes_received: m.bytes_received,
+        events_sent: m.events_sent,
+        events_received: m.events_received,
+        refusals: m.refusals,
+        relays_connected: m.relays_connected,
+        relays_known: m.relays_known,
+        instances: Some((m.instances_live, m.instances_active)),
+    }
+}
+
+async fn entry_snapshot(proxy: &EntryProxy) -> metrics::Snapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    let entry = proxy.entry();
+    let stats = entry.stats();
+    let (events_sent, events_received) = entry.event_counts();
+    let (connected, known) = entry.relay_counts().await;
+    metrics::Snapshot {
+        streams_open: stats.streams_open.load(Relaxed) as u64,
+        streams_total: stats.streams_total.load(Relaxed),
+        bytes_sent: stats.bytes_sent.load(Relaxed),
+        bytes_received: stats.bytes_received.load(Relaxed),
+        events_sent,
+        events_received,
+        refusals: Vec::new(),
+        relays_connected: connected as u64,
+        relays_known: known as u64,
+        instances: None,
+    }
 }
 
 fn print_exit_names(exit: &ExitNode) {
@@ -510,15 +591,42 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
     }
     let creds = config.credentials.clone();
     let stop = shutdown_signal();
-    let proxy = EntryProxy::start(config).await.map_err(|e| e.to_string())?;
+    let proxy = Arc::new(EntryProxy::start(config).await.map_err(|e| e.to_string())?);
     print_entry_addrs(&proxy);
     if let Some(c) = creds {
         println!("proxy-user: {}", c.username);
         println!("proxy-password: {}", c.password);
     }
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            // Weak: an idle keep-alive scrape connection must not keep the
+            // node from stopping.
+            let node = Arc::downgrade(&proxy);
+            let source: metrics::Source = Arc::new(move || {
+                let node = node.upgrade();
+                Box::pin(async move {
+                    match node {
+                        Some(node) => entry_snapshot(&node).await,
+                        None => metrics::Snapshot::default(),
+                    }
+                })
+            });
+            let (bound, task) = metrics::serve(addr, "entry", source).await?;
+            println!("metrics: http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     println!("ready");
     stop.await;
-    proxy.stop().await;
+    if let Some(task) = metrics {
+        task.abort();
+        let _ = task.await;
+    }
+    match Arc::try_unwrap(proxy) {
+        Ok(proxy) => proxy.stop().await,
+        Err(_) => log::warn!("entry not stopped cleanly: a metrics request is in progress"),
+    }
     Ok(())
 }
 

@@ -72,6 +72,10 @@ pub struct ExitConfig {
     /// ([`journal`](super::journal)), so that no request is served twice
     /// across restarts; `None` keeps it in memory only.
     pub state_dir: Option<PathBuf>,
+    /// This process's instance id among the exit processes that share the
+    /// key (`docs/PROTOCOL.md`, section 8); `None`: random per start. At
+    /// most 64 bytes.
+    pub instance: Option<String>,
 }
 
 impl ExitConfig {
@@ -98,6 +102,7 @@ impl ExitConfig {
             max_streams_per_entry: 64,
             max_new_streams_per_minute: 600,
             state_dir: None,
+            instance: None,
         }
     }
 }

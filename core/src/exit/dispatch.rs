@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
+use super::instances::Membership;
 use super::journal::{Journal, Verdict};
+use super::refusals::Refusals;
 use super::target::serve_stream;
 use super::ExitConfig;
 use crate::demux::{Demux, Routed};
@@ -46,6 +48,10 @@ pub(super) struct Server {
     unknown_answered: Mutex<HashMap<PublicKey, Instant>>,
     /// Streams served, across restarts: no `CONNECT` is served twice.
     journal: Journal,
+    /// The instances sharing the exit key, and which streams are ours.
+    membership: Arc<Mutex<Membership>>,
+    /// Refusals by reason.
+    pub(super) refusals: Arc<Refusals>,
 }
 
 impl Server {
@@ -58,6 +64,7 @@ impl Server {
         stats: Arc<Stats>,
         cancel: CancellationToken,
         journal: Journal,
+        membership: Arc<Mutex<Membership>>,
     ) -> Self {
         Self {
             tls,
@@ -69,6 +76,8 @@ impl Server {
             cancel,
             unknown_answered: Mutex::default(),
             journal,
+            membership,
+            refusals: Arc::default(),
         }
     }
 
@@ -96,6 +105,21 @@ impl Server {
                 msg,
             } => match msg.kind {
                 MessageType::Connect | MessageType::ConnectReverse => {
+                    if created_at + super::journal::CLOCK_SKEW >= self.journal.started_at()
+                        && !lock(&self.membership).on_connect(
+                            &author,
+                            &msg.key,
+                            created_at,
+                            Instant::now(),
+                        )
+                    {
+                        log::debug!(
+                            "stream {}: {} for another exit instance: ignored",
+                            msg.key,
+                            msg.kind
+                        );
+                        return;
+                    }
                     match self.journal.admit(&author, &msg.key, created_at) {
                         Verdict::Fresh if msg.kind == MessageType::Connect => {
                             self.accept(author, cipher, msg)
@@ -141,6 +165,15 @@ impl Server {
         if msg.kind == MessageType::Error || !v2 {
             log::debug!(
                 "stream {}: {} for an unknown stream: dropped",
+                msg.key,
+                msg.kind
+            );
+            return;
+        }
+        // With other instances live, the stream may be another's.
+        if !lock(&self.membership).answers_unknown(&author, &msg.key, Instant::now()) {
+            log::debug!(
+                "stream {}: {} for a stream of another exit instance: not answered",
                 msg.key,
                 msg.kind
             );
@@ -222,6 +255,7 @@ impl Server {
         let link = self.link(author, cipher.clone());
         if let Some(reason) = self.admission(&author) {
             log::warn!("stream {key} from {author}: refused ({reason})");
+            self.refusals.count(&reason);
             engine.backend_failed(reason);
             tokio::spawn(async move { flush(&mut engine, &link).await });
             return;
@@ -231,11 +265,12 @@ impl Server {
         let config = self.config.clone();
         let tls = self.tls.clone();
         let cancel = self.cancel.clone();
+        let refusals = self.refusals.clone();
         // The registration lives until the stream has ended and lingered.
         let conn = Conn::new(engine, link, Inbox::Messages(rx), Box::new(registration));
         tokio::spawn(async move {
             tokio::select! {
-                _ = serve_stream(conn, &config, tls.as_ref(), slot) => {}
+                _ = serve_stream(conn, &config, tls.as_ref(), slot, &refusals) => {}
                 _ = cancel.cancelled() => {}
             }
         });

@@ -19,4 +19,7 @@ pub enum ExitError {
     /// Nothing to dial: no backend, not public, no HTTPS front.
     #[error("the exit has nothing to serve: give a backend, the public mode or an HTTPS front")]
     NothingToServe,
+    /// The instance id given is empty or too long.
+    #[error("bad exit instance id: {0}")]
+    Instance(#[from] super::instances::HeartbeatError),
 }

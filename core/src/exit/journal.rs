@@ -15,6 +15,12 @@
 //!
 //! Without a state directory the journal lives in memory only and just the
 //! first rule protects a restart.
+//!
+//! Several instances of one exit key (`super::instances`) may share a state
+//! directory: each writes its own file, `served-<exit hex>.<instance>.log`,
+//! and reads every `served-<exit hex>*.log` at start, so a restarted
+//! instance (new id) still knows what the one before it served. Files of
+//! other instances not written to within the replay window are removed.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -56,10 +62,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal of the exit `exit` in `dir`, keeping
-    /// entries younger than `window`; `None` keeps it in memory. A journal
-    /// that cannot be written is logged and kept in memory.
-    pub fn open(dir: Option<&Path>, exit: &PublicKey, window: Duration) -> Self {
+    /// Opens (or creates) the journal of instance `instance` of the exit
+    /// `exit` in `dir`, keeping entries younger than `window` (read from
+    /// every instance's file); `None` keeps it in memory. A journal that
+    /// cannot be written is logged and kept in memory.
+    pub fn open(dir: Option<&Path>, exit: &PublicKey, instance: &str, window: Duration) -> Self {
         let now = nostr::Timestamp::now().as_secs();
         let keep = window.as_secs() + CLOCK_SKEW;
         let mut journal = Self {
@@ -72,8 +79,9 @@ impl Journal {
         let Some(dir) = dir else {
             return journal;
         };
-        let path = dir.join(format!("served-{}.log", exit.to_hex()));
-        match journal.load(dir, &path, now) {
+        let prefix = format!("served-{}", exit.to_hex());
+        let path = dir.join(format!("{prefix}.{instance}.log"));
+        match journal.load(dir, &prefix, &path, now) {
             Ok(file) => {
                 log::info!(
                     "exit journal {}: {} streams served in the last {keep} s",
@@ -92,10 +100,25 @@ impl Journal {
     }
 
     /// Reads the entries still young enough and writes them back alone.
-    fn load(&self, dir: &Path, path: &Path, now: u64) -> std::io::Result<File> {
+    fn load(&self, dir: &Path, prefix: &str, path: &Path, now: u64) -> std::io::Result<File> {
         std::fs::create_dir_all(dir)?;
         let mut served = lock(&self.served);
-        if let Ok(f) = File::open(path) {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".log"))
+            })
+            .collect();
+        for file in files {
+            let Ok(f) = File::open(&file) else { continue };
+            let stale = f
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > self.keep);
             for line in BufReader::new(f).lines() {
                 let line = line?;
                 let mut parts = line.split(' ');
@@ -108,6 +131,11 @@ impl Journal {
                 };
                 if t + self.keep >= now {
                     served.insert((author, key.to_string()), t);
+                }
+            }
+            if stale && file != path {
+                if let Err(e) = std::fs::remove_file(&file) {
+                    log::debug!("exit journal {}: not removed: {e}", file.display());
                 }
             }
         }
@@ -179,13 +207,14 @@ mod tests {
         let entry = nostr::Keys::generate().public_key();
         let now = nostr::Timestamp::now().as_secs();
         let window = Duration::from_secs(60);
-        let j = Journal::open(Some(&dir), &exit, window);
+        let j = Journal::open(Some(&dir), &exit, "i1", window);
         assert_eq!(j.admit(&entry, "a", now), Verdict::Fresh);
         assert_eq!(j.admit(&entry, "a", now), Verdict::Served);
         assert_eq!(j.admit(&entry, "b", now - 60), Verdict::BeforeStart);
         drop(j);
-        // A restart: what the first process served stays served.
-        let j = Journal::open(Some(&dir), &exit, window);
+        // A restart (another instance id): what the first process served
+        // stays served.
+        let j = Journal::open(Some(&dir), &exit, "i2", window);
         assert!(j.path().is_some());
         assert_eq!(j.admit(&entry, "a", now), Verdict::Served);
         assert_eq!(j.admit(&entry, "c", now), Verdict::Fresh);
@@ -198,7 +227,7 @@ mod tests {
     fn without_a_directory_it_remembers_in_memory() {
         let exit = nostr::Keys::generate().public_key();
         let entry = nostr::Keys::generate().public_key();
-        let j = Journal::open(None, &exit, Duration::from_secs(60));
+        let j = Journal::open(None, &exit, "i1", Duration::from_secs(60));
         let now = nostr::Timestamp::now().as_secs();
         assert_eq!(j.admit(&entry, "a", now), Verdict::Fresh);
         assert_eq!(j.admit(&entry, "a", now + 1), Verdict::Served);

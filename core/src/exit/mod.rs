@@ -30,7 +30,9 @@
 //! event loop, which never awaits network I/O); `admission` (who may open a
 //! stream now); `target` (where a stream's bytes go, and dialling there);
 //! `reverse` (`CONNECTR`); `front` (the HTTPS front's certificate and TLS
-//! terminator); `announce` (public-exit announcements).
+//! terminator); `announce` (public-exit announcements); `instances` and
+//! `heartbeat` (several processes sharing one key: who is live, which
+//! instance owns a stream); `refusals` (counted for the metrics).
 
 mod admission;
 mod announce;
@@ -38,11 +40,16 @@ mod config;
 mod dispatch;
 mod error;
 mod front;
+mod heartbeat;
+pub mod instances;
 pub mod journal;
 mod node;
+mod refusals;
 mod reverse;
 mod target;
 
 pub use config::{ExitConfig, HttpsFront};
 pub use error::ExitError;
-pub use node::ExitNode;
+pub use heartbeat::{heartbeat_event, heartbeat_filter, read_heartbeat};
+pub use node::{ExitMetrics, ExitNode};
+pub use refusals::Refusals;

@@ -3,14 +3,18 @@
 //! [`ExitNode::stop`] takes down again.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use nostr::{Keys, PublicKey, RelayUrl};
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Server;
-use super::{announce, front, ExitConfig, ExitError};
+use super::heartbeat::Heartbeats;
+use super::instances::{check_instance_id, random_instance_id};
+use super::{announce, front, ExitConfig, ExitError, Refusals};
 use crate::names::{encode_nostr_domain, NameError};
 use crate::stats::Stats;
+use crate::sync::lock;
 use crate::tls::FrontCertificate;
 use crate::transport::{exit_filter, Transport};
 
@@ -29,6 +33,39 @@ pub struct ExitNode {
     /// A public exit's announcing task and key, to withdraw the
     /// announcement on [`ExitNode::stop`].
     announcing: Option<(tokio::task::JoinHandle<()>, Keys)>,
+    /// This instance's heartbeat and its task.
+    heartbeats: Arc<Heartbeats>,
+    heartbeat_task: tokio::task::JoinHandle<()>,
+    refusals: Arc<Refusals>,
+}
+
+/// A snapshot of an exit's counters, for the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct ExitMetrics {
+    /// Streams open now.
+    pub streams_open: u64,
+    /// Streams opened since start.
+    pub streams_total: u64,
+    /// Bytes read from backends and sent to entries.
+    pub bytes_sent: u64,
+    /// Bytes received from entries and written to backends.
+    pub bytes_received: u64,
+    /// Events published (once each, whatever the number of relays): stream
+    /// events, heartbeats and announcements.
+    pub events_sent: u64,
+    /// Stream events received and routed (after de-duplication).
+    pub events_received: u64,
+    /// Refusals by `ERROR` reason code.
+    pub refusals: Vec<(String, u64)>,
+    /// Relays connected now.
+    pub relays_connected: u64,
+    /// Relays known (configured).
+    pub relays_known: u64,
+    /// Instances of this exit key live now (this one included).
+    pub instances_live: u64,
+    /// Instances live and active now (serving new streams), this one
+    /// included if it is.
+    pub instances_active: u64,
 }
 
 impl ExitNode {
@@ -57,15 +94,34 @@ impl ExitNode {
             .ensure_connected(&config.relays, config.relay_timeout)
             .await?;
         let public_key = config.keys.public_key();
+        let instance = match &config.instance {
+            Some(id) => {
+                check_instance_id(id)?;
+                id.clone()
+            }
+            None => random_instance_id(),
+        };
         let journal = super::journal::Journal::open(
             config.state_dir.as_deref(),
             &public_key,
+            &instance,
             config.replay_window,
         );
         let inbox = transport.route(public_key);
         transport
             .subscribe(exit_filter(&public_key, journal.since()), &config.relays)
             .await?;
+        let cancel = CancellationToken::new();
+        // Before the certificate: an instance that joins others reuses
+        // theirs, which is on the relays by then.
+        let (heartbeats, heartbeat_task) = Heartbeats::start(
+            &transport,
+            &config.keys,
+            &config.relays,
+            instance.clone(),
+            cancel.clone(),
+        )
+        .await?;
         let certificate = match &config.https {
             Some(_) => {
                 Some(front::front_certificate(&transport, &config.keys, &config.relays).await?)
@@ -76,7 +132,6 @@ impl ExitNode {
             .as_ref()
             .map(FrontCertificate::acceptor)
             .transpose()?;
-        let cancel = CancellationToken::new();
         let announcing = if config.public {
             let task = announce::announce(&transport, &config, cancel.clone()).await;
             Some((task, config.keys.clone()))
@@ -91,10 +146,12 @@ impl ExitNode {
             stats.clone(),
             cancel.clone(),
             journal,
+            heartbeats.membership.clone(),
         );
+        let refusals = server.refusals.clone();
         let task = tokio::spawn(server.run(inbox));
         log::info!(
-            "exit {public_key} serving backend `{}`{}{}",
+            "exit {public_key} instance {instance} serving backend `{}`{}{}",
             config.backend,
             if config.public { ", public" } else { "" },
             match &config.https {
@@ -111,7 +168,44 @@ impl ExitNode {
             task,
             certificate,
             announcing,
+            heartbeats,
+            heartbeat_task,
+            refusals,
         })
+    }
+
+    /// This process's instance id among the exit processes sharing the key.
+    pub fn instance(&self) -> String {
+        lock(&self.heartbeats.membership).id().to_string()
+    }
+
+    /// A snapshot of the exit's counters (streams, bytes, events,
+    /// refusals, relays, instances).
+    pub async fn metrics(&self) -> ExitMetrics {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (events_sent, events_received) = self.transport.event_counts();
+        let (connected, known) = self.transport.relay_counts().await;
+        let (live, active) = {
+            let m = lock(&self.heartbeats.membership);
+            let now = Instant::now();
+            (
+                m.live_count(now),
+                m.active_count(nostr::Timestamp::now().as_secs(), now),
+            )
+        };
+        ExitMetrics {
+            streams_open: self.stats.streams_open.load(Relaxed) as u64,
+            streams_total: self.stats.streams_total.load(Relaxed),
+            bytes_sent: self.stats.bytes_sent.load(Relaxed),
+            bytes_received: self.stats.bytes_received.load(Relaxed),
+            events_sent,
+            events_received,
+            refusals: self.refusals.snapshot(),
+            relays_connected: connected as u64,
+            relays_known: known as u64,
+            instances_live: live as u64,
+            instances_active: active as u64,
+        }
     }
 
     /// The HTTPS front's certificate, if the exit has a front.
@@ -148,7 +242,8 @@ impl ExitNode {
         &self.stats
     }
 
-    /// Stops accepting streams, aborts open ones and disconnects from relays.
+    /// Stops accepting streams, aborts open ones, tells the other instances
+    /// that this one leaves (a last heartbeat) and disconnects from relays.
     /// A public exit first withdraws its announcement: it publishes one
     /// that expires [`WITHDRAWAL_LIFETIME`](crate::discovery::WITHDRAWAL_LIFETIME) from now (waiting up to 2 s for
     /// the relays), so entries stop picking it then instead of trying it
@@ -156,6 +251,9 @@ impl ExitNode {
     pub async fn stop(self) {
         self.cancel.cancel();
         let _ = self.task.await;
+        let _ = self.heartbeat_task.await;
+        // The others take this instance's share of new streams at once.
+        self.heartbeats.beat(true).await;
         if let Some((task, keys)) = self.announcing {
             // No periodic announcement may land after the withdrawal.
             let _ = task.await;
