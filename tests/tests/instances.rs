@@ -675,3 +675,33 @@ async fn malformed_heartbeats_are_logged_and_disturb_nothing() {
         .iter()
         .all(|(_, who, _)| who.as_deref() == Some("i0")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_stopped_with_sigterm_leaves_at_once() {
+    let mut c = Cluster::start(2).await;
+    let stopping = c.exits[1].take().unwrap();
+    let stopped_at = Instant::now();
+    assert_eq!(stopping.terminate().await, Some(0));
+    // Its last heartbeat says it leaves: the other drops it well before
+    // the 6 s lapse.
+    let survivor = c.exits[0].as_ref().unwrap();
+    loop {
+        let m = scrape(survivor.value("metrics")).await;
+        if sample(&m, "nws_exit_instances_live", &[]) == 1.0 {
+            break;
+        }
+        assert!(
+            stopped_at.elapsed() < nws_core::exit::instances::LAPSE,
+            "the stopped instance was not dropped before its lapse"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "sigterm: the survivor dropped the instance {:?} after the stop began",
+        stopped_at.elapsed()
+    );
+    let results = small_streams(&c, "after-stop", 30).await;
+    assert!(results
+        .iter()
+        .all(|(_, who, _)| who.as_deref() == Some("i0")));
+}
