@@ -505,7 +505,7 @@ async fn entry_snapshot(proxy: &EntryProxy) -> metrics::Snapshot {
         bytes_received: stats.bytes_received.load(Relaxed),
         events_sent,
         events_received,
-        refusals: Vec::new(),
+        refusals: stats.refusals.snapshot(),
         relays_connected: connected as u64,
         relays_known: known as u64,
         instances: None,

@@ -5,8 +5,11 @@
 // embedded relay's) uses just the accept loop and the transport.
 #![cfg_attr(not(any(feature = "entry", feature = "exit")), allow(dead_code))]
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 use crate::engine::Stream;
 
@@ -29,6 +32,33 @@ pub struct Stats {
     /// Notified (one stored permit) whenever a stream opens or closes, so
     /// that a watcher can read `streams_open` and `streams_total` again.
     pub changed: tokio::sync::Notify,
+    /// Streams refused or not opened, by reason (the entry counts here; the
+    /// exit keeps its own, see `ExitNode::metrics`).
+    pub refusals: Refusals,
+}
+
+/// Refusals by reason code (an exit's `ERROR` reasons such as
+/// `not-allowed`, `too-many-streams`, `connection-refused`; an entry's own
+/// such as `not-nws`, `no-relay`, `timeout`), since start, for the metrics
+/// endpoint.
+#[derive(Debug, Default)]
+pub struct Refusals(Mutex<BTreeMap<String, u64>>);
+
+impl Refusals {
+    /// Counts one refusal with `reason`.
+    pub fn count(&self, reason: &crate::protocol::ErrorReason) {
+        self.count_code(reason.as_str());
+    }
+
+    /// Counts one refusal with the reason code `code`.
+    pub fn count_code(&self, code: &str) {
+        *lock(&self.0).entry(code.to_string()).or_insert(0) += 1;
+    }
+
+    /// Every reason counted so far with its count, sorted by reason.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        lock(&self.0).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 impl Stats {

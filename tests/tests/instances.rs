@@ -500,8 +500,16 @@ async fn metrics_count_a_download_on_exit_and_entry() {
     .await;
     let entry = NwsProcess::entry(&[&relay], true, &["--metrics-listen", "127.0.0.1:0"]).await;
     let (em, nm) = (exit.value("metrics"), entry.value("metrics"));
-    let before_exit = scrape(em).await;
-    let before_entry = scrape(nm).await;
+    // Relays connect in the background after `ready`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (before_exit, before_entry) = loop {
+        let (x, n) = (scrape(em).await, scrape(nm).await);
+        let up = |t: &str| sample(t, "nws_relays_connected", &[]) == 1.0;
+        if (up(&x) && up(&n)) || Instant::now() > deadline {
+            break (x, n);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(sample(&before_exit, "nws_exit_instances_live", &[]), 1.0);
     assert_eq!(sample(&before_exit, "nws_relays_connected", &[]), 1.0);
     assert_eq!(sample(&before_exit, "nws_relays_known", &[]), 1.0);
@@ -596,6 +604,16 @@ async fn metrics_count_a_download_on_exit_and_entry() {
     assert!(
         arrived >= (SLOW_LEN / 40_448) as f64 && arrived <= events,
         "entry received {arrived}, exit sent {events}"
+    );
+
+    // A host that is not an NWS name is refused by the entry, and counted.
+    let refused = client.get("http://example.org/").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    let counted = scrape(nm).await;
+    assert_eq!(
+        sample(&counted, "nws_refusals_total", &["reason=\"not-nws\""]),
+        1.0,
+        "{counted}"
     );
 
     // Only GET /metrics.

@@ -72,6 +72,23 @@ impl OpenError {
         }
     }
 
+    /// A short code for this error, as counted in the entry's refusals
+    /// (the metrics endpoint): the exit's wire reason for a refusal
+    /// (`connection-refused`, `not-allowed`, …), else `bad-name`, `not-nws`,
+    /// `names-only`, `no-relay`, `codec`, `timeout` or `no-public-exit`.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::BadName { .. } => "bad-name",
+            Self::NotNws(_) => "not-nws",
+            Self::NamesOnly(_) => "names-only",
+            Self::Transport(_) => "no-relay",
+            Self::Codec(_) => "codec",
+            Self::Refused(reason) => reason.as_str(),
+            Self::Timeout(_) => "timeout",
+            Self::NoPublicExit(_) => "no-public-exit",
+        }
+    }
+
     /// The HTTP status for this error: 403 for a host that is not routed
     /// or that the exit is not allowed to reach, 504 when the exit did not
     /// answer, 502 otherwise (including failure to connect).

@@ -226,6 +226,20 @@ impl Entry {
         port: u16,
         early: &[u8],
     ) -> Result<(EntryStream, usize), OpenError> {
+        let opened = self.open_early_uncounted(host, port, early).await;
+        if let Err(e) = &opened {
+            self.stats.refusals.count_code(e.code());
+        }
+        opened
+    }
+
+    /// [`Entry::open_early`] without counting a failure in the refusals.
+    async fn open_early_uncounted(
+        &self,
+        host: &str,
+        port: u16,
+        early: &[u8],
+    ) -> Result<(EntryStream, usize), OpenError> {
         let bad_name = |source| OpenError::BadName {
             host: host.to_string(),
             source,

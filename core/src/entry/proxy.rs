@@ -194,6 +194,7 @@ impl EntryProxy {
 /// are checked as usual, within the handshake timeout) and refuses it with
 /// SOCKS5 reply 1 "general failure" or HTTP 503.
 async fn refuse(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
+    entry.stats().refusals.count_code("too-many-clients");
     let creds = credentials(entry, proto);
     let deadline = entry.config.handshake_timeout;
     match proto {
@@ -300,6 +301,7 @@ async fn serve_http(entry: &Entry, mut sock: TcpStream, proto: Protocol) {
     let (host, port) = (req.host().to_string(), req.port());
     if proto == Protocol::WebView {
         if let Err(e) = entry.check_nws_name(&host) {
+            entry.stats().refusals.count_code(e.code());
             log::info!("WebView proxy {host}:{port}: {e}");
             let _ = http::write_error(&mut sock, e.http_status(), &e.to_string()).await;
             return;
@@ -388,6 +390,7 @@ async fn serve_early(
     mut first: Vec<u8>,
 ) {
     if let Err(e) = entry.check_route(&host) {
+        entry.stats().refusals.count_code(e.code());
         log::info!("{proto:?} {host}:{port}: {e}");
         let _ = match proto {
             Protocol::Socks5 => socks5::reply(&mut sock, e.socks_reply()).await,

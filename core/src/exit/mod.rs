@@ -44,12 +44,11 @@ mod heartbeat;
 pub mod instances;
 pub mod journal;
 mod node;
-mod refusals;
 mod reverse;
 mod target;
 
+pub use crate::stats::Refusals;
 pub use config::{ExitConfig, HttpsFront};
 pub use error::ExitError;
 pub use heartbeat::{heartbeat_event, heartbeat_filter, read_heartbeat};
 pub use node::{ExitMetrics, ExitNode};
-pub use refusals::Refusals;

@@ -147,7 +147,7 @@ pub(super) async fn serve_stream(
     config: &ExitConfig,
     tls: Option<&tokio_rustls::TlsAcceptor>,
     slot: OpenSlot,
-    refusals: &super::refusals::Refusals,
+    refusals: &crate::stats::Refusals,
 ) {
     let key = conn.key().to_string();
     let destination = conn.engine.destination().to_string();
