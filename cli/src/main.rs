@@ -442,26 +442,10 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     if let Some(port) = args.https_port {
         println!("https-port: {port}");
     }
-    let metrics = match args.metrics_listen {
-        Some(addr) => {
-            // Weak: an idle keep-alive scrape connection must not keep the
-            // node from stopping.
-            let node = Arc::downgrade(&exit);
-            let source: metrics::Source = Arc::new(move || {
-                let node = node.upgrade();
-                Box::pin(async move {
-                    match node {
-                        Some(node) => exit_snapshot(&node).await,
-                        None => metrics::Snapshot::default(),
-                    }
-                })
-            });
-            let (bound, task) = metrics::serve(addr, "exit", source).await?;
-            println!("metrics: http://{bound}/metrics");
-            Some(task)
-        }
-        None => None,
-    };
+    let metrics = serve_metrics(args.metrics_listen, "exit", &exit, |n| async move {
+        n.metrics().await
+    })
+    .await?;
     println!("ready");
     stop.await;
     if let Some(task) = metrics {
@@ -476,40 +460,35 @@ async fn run_exit(args: ExitArgs) -> Result<()> {
     Ok(())
 }
 
-async fn exit_snapshot(exit: &ExitNode) -> metrics::Snapshot {
-    let m = exit.metrics().await;
-    metrics::Snapshot {
-        streams_open: m.streams_open,
-        streams_total: m.streams_total,
-        bytes_sent: m.bytes_sent,
-        bytes_received: m.bytes_received,
-        events_sent: m.events_sent,
-        events_received: m.events_received,
-        refusals: m.refusals,
-        relays_connected: m.relays_connected,
-        relays_known: m.relays_known,
-        instances: Some((m.instances_live, m.instances_active)),
-    }
-}
-
-async fn entry_snapshot(proxy: &EntryProxy) -> metrics::Snapshot {
-    use std::sync::atomic::Ordering::Relaxed;
-    let entry = proxy.entry();
-    let stats = entry.stats();
-    let (events_sent, events_received) = entry.event_counts();
-    let (connected, known) = entry.relay_counts().await;
-    metrics::Snapshot {
-        streams_open: stats.streams_open.load(Relaxed) as u64,
-        streams_total: stats.streams_total.load(Relaxed),
-        bytes_sent: stats.bytes_sent.load(Relaxed),
-        bytes_received: stats.bytes_received.load(Relaxed),
-        events_sent,
-        events_received,
-        refusals: stats.refusals.snapshot(),
-        relays_connected: connected as u64,
-        relays_known: known as u64,
-        instances: None,
-    }
+/// With `--metrics-listen ADDR`: serves `GET /metrics` for `node`, read by
+/// `read`, and prints `metrics: URL`. Holds the node weakly, so that an idle
+/// keep-alive scrape connection does not keep it from stopping.
+async fn serve_metrics<T, F, Fut>(
+    addr: Option<SocketAddr>,
+    role: &'static str,
+    node: &Arc<T>,
+    read: F,
+) -> Result<Option<tokio::task::JoinHandle<()>>>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = metrics::Snapshot> + Send + 'static,
+{
+    let Some(addr) = addr else { return Ok(None) };
+    let weak = Arc::downgrade(node);
+    let read = Arc::new(read);
+    let source: metrics::Source = Arc::new(move || {
+        let (node, read) = (weak.upgrade(), read.clone());
+        Box::pin(async move {
+            match node {
+                Some(node) => read(node).await,
+                None => metrics::Snapshot::default(),
+            }
+        })
+    });
+    let (bound, task) = metrics::serve(addr, role, source).await?;
+    println!("metrics: http://{bound}/metrics");
+    Ok(Some(task))
 }
 
 fn print_exit_names(exit: &ExitNode) {
@@ -597,26 +576,10 @@ async fn run_entry(args: EntryArgs) -> Result<()> {
         println!("proxy-user: {}", c.username);
         println!("proxy-password: {}", c.password);
     }
-    let metrics = match args.metrics_listen {
-        Some(addr) => {
-            // Weak: an idle keep-alive scrape connection must not keep the
-            // node from stopping.
-            let node = Arc::downgrade(&proxy);
-            let source: metrics::Source = Arc::new(move || {
-                let node = node.upgrade();
-                Box::pin(async move {
-                    match node {
-                        Some(node) => entry_snapshot(&node).await,
-                        None => metrics::Snapshot::default(),
-                    }
-                })
-            });
-            let (bound, task) = metrics::serve(addr, "entry", source).await?;
-            println!("metrics: http://{bound}/metrics");
-            Some(task)
-        }
-        None => None,
-    };
+    let metrics = serve_metrics(args.metrics_listen, "entry", &proxy, |p| async move {
+        p.entry().metrics().await
+    })
+    .await?;
     println!("ready");
     stop.await;
     if let Some(task) = metrics {

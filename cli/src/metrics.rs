@@ -7,6 +7,7 @@
 //! Every scrape reads the node's counters afresh ([`Snapshot`]); nothing is
 //! kept between scrapes.
 
+use nws_core::stats::NodeMetrics;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,30 +27,8 @@ use prometheus_client::registry::Registry;
 /// The media type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A node's counters at one moment.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Streams open now.
-    pub streams_open: u64,
-    /// Streams opened since start.
-    pub streams_total: u64,
-    /// Stream bytes sent to the peer (read from local sockets).
-    pub bytes_sent: u64,
-    /// Stream bytes received from the peer (written to local sockets).
-    pub bytes_received: u64,
-    /// Events published (stream events, heartbeats, announcements).
-    pub events_sent: u64,
-    /// Stream events received (after de-duplication).
-    pub events_received: u64,
-    /// Refused streams by `ERROR` reason (exit only).
-    pub refusals: Vec<(String, u64)>,
-    /// Relays connected now.
-    pub relays_connected: u64,
-    /// Relays known.
-    pub relays_known: u64,
-    /// Exit instances sharing the key, live and active now (exit only).
-    pub instances: Option<(u64, u64)>,
-}
+/// A node's counters at one moment (core's [`NodeMetrics`]).
+pub type Snapshot = NodeMetrics;
 
 /// Reads a [`Snapshot`] of the node.
 pub type Source = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Snapshot> + Send>> + Send + Sync>;

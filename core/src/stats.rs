@@ -37,6 +37,52 @@ pub struct Stats {
     pub refusals: Refusals,
 }
 
+/// A node's counters at one moment, for the metrics endpoint
+/// (`ExitNode::metrics`, `Entry::metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMetrics {
+    /// Streams open now.
+    pub streams_open: u64,
+    /// Streams opened since start.
+    pub streams_total: u64,
+    /// Stream bytes sent to the peer (read from local sockets).
+    pub bytes_sent: u64,
+    /// Stream bytes received from the peer (written to local sockets).
+    pub bytes_received: u64,
+    /// Events published, once each whatever the number of relays (stream
+    /// events; on an exit also heartbeats and announcements).
+    pub events_sent: u64,
+    /// Stream events received and routed (after de-duplication).
+    pub events_received: u64,
+    /// Refusals by reason code ([`Refusals::snapshot`]).
+    pub refusals: Vec<(String, u64)>,
+    /// Relays connected now.
+    pub relays_connected: u64,
+    /// Relays known (configured, or learnt from names).
+    pub relays_known: u64,
+    /// On an exit: instances of its key live now and live and active
+    /// (serving new streams), this one included; `None` on an entry.
+    pub instances: Option<(u64, u64)>,
+}
+
+impl NodeMetrics {
+    /// The stream counters of `stats` with the given event and relay counts.
+    pub(crate) fn new(stats: &Stats, events: (u64, u64), relays: (usize, usize)) -> Self {
+        Self {
+            streams_open: stats.streams_open.load(Ordering::Relaxed) as u64,
+            streams_total: stats.streams_total.load(Ordering::Relaxed),
+            bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: stats.bytes_received.load(Ordering::Relaxed),
+            events_sent: events.0,
+            events_received: events.1,
+            refusals: stats.refusals.snapshot(),
+            relays_connected: relays.0 as u64,
+            relays_known: relays.1 as u64,
+            instances: None,
+        }
+    }
+}
+
 /// Refusals by reason code (an exit's `ERROR` reasons such as
 /// `not-allowed`, `too-many-streams`, `connection-refused`; an entry's own
 /// such as `not-nws`, `no-relay`, `timeout`), since start, for the metrics

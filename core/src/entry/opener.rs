@@ -121,6 +121,13 @@ impl Entry {
         &self.stats
     }
 
+    /// A snapshot of the entry's counters (streams, bytes, events,
+    /// refusals, relays), for the metrics endpoint.
+    pub async fn metrics(&self) -> crate::stats::NodeMetrics {
+        let relays = self.transport.relay_counts().await;
+        crate::stats::NodeMetrics::new(&self.stats, self.transport.event_counts(), relays)
+    }
+
     /// Number of relays connected and known.
     pub async fn relay_counts(&self) -> (usize, usize) {
         self.transport.relay_counts().await

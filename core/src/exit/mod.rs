@@ -51,4 +51,4 @@ pub use crate::stats::Refusals;
 pub use config::{ExitConfig, HttpsFront};
 pub use error::ExitError;
 pub use heartbeat::{heartbeat_event, heartbeat_filter, read_heartbeat};
-pub use node::{ExitMetrics, ExitNode};
+pub use node::ExitNode;

@@ -13,7 +13,7 @@ use super::heartbeat::Heartbeats;
 use super::instances::{check_instance_id, random_instance_id};
 use super::{announce, front, ExitConfig, ExitError, Refusals};
 use crate::names::{encode_nostr_domain, NameError};
-use crate::stats::Stats;
+use crate::stats::{NodeMetrics, Stats};
 use crate::sync::lock;
 use crate::tls::FrontCertificate;
 use crate::transport::{exit_filter, Transport};
@@ -37,35 +37,6 @@ pub struct ExitNode {
     heartbeats: Arc<Heartbeats>,
     heartbeat_task: tokio::task::JoinHandle<()>,
     refusals: Arc<Refusals>,
-}
-
-/// A snapshot of an exit's counters, for the metrics endpoint.
-#[derive(Debug, Clone, Default)]
-pub struct ExitMetrics {
-    /// Streams open now.
-    pub streams_open: u64,
-    /// Streams opened since start.
-    pub streams_total: u64,
-    /// Bytes read from backends and sent to entries.
-    pub bytes_sent: u64,
-    /// Bytes received from entries and written to backends.
-    pub bytes_received: u64,
-    /// Events published (once each, whatever the number of relays): stream
-    /// events, heartbeats and announcements.
-    pub events_sent: u64,
-    /// Stream events received and routed (after de-duplication).
-    pub events_received: u64,
-    /// Refusals by `ERROR` reason code.
-    pub refusals: Vec<(String, u64)>,
-    /// Relays connected now.
-    pub relays_connected: u64,
-    /// Relays known (configured).
-    pub relays_known: u64,
-    /// Instances of this exit key live now (this one included).
-    pub instances_live: u64,
-    /// Instances live and active now (serving new streams), this one
-    /// included if it is.
-    pub instances_active: u64,
 }
 
 impl ExitNode {
@@ -181,10 +152,9 @@ impl ExitNode {
 
     /// A snapshot of the exit's counters (streams, bytes, events,
     /// refusals, relays, instances).
-    pub async fn metrics(&self) -> ExitMetrics {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (events_sent, events_received) = self.transport.event_counts();
-        let (connected, known) = self.transport.relay_counts().await;
+    pub async fn metrics(&self) -> NodeMetrics {
+        let events = self.transport.event_counts();
+        let relays = self.transport.relay_counts().await;
         let (live, active) = {
             let m = lock(&self.heartbeats.membership);
             let now = Instant::now();
@@ -193,18 +163,11 @@ impl ExitNode {
                 m.active_count(nostr::Timestamp::now().as_secs(), now),
             )
         };
-        ExitMetrics {
-            streams_open: self.stats.streams_open.load(Relaxed) as u64,
-            streams_total: self.stats.streams_total.load(Relaxed),
-            bytes_sent: self.stats.bytes_sent.load(Relaxed),
-            bytes_received: self.stats.bytes_received.load(Relaxed),
-            events_sent,
-            events_received,
+        NodeMetrics {
+            // The exit counts refusals on its own, not in `stats`.
             refusals: self.refusals.snapshot(),
-            relays_connected: connected as u64,
-            relays_known: known as u64,
-            instances_live: live as u64,
-            instances_active: active as u64,
+            instances: Some((live as u64, active as u64)),
+            ..NodeMetrics::new(&self.stats, events, relays)
         }
     }
 
