@@ -724,7 +724,9 @@ public protocol NwsProxyProtocol: AnyObject, Sendable {
     func state()  -> ProxyState
     
     /**
-     * The state and counters now (relay counts ask the relay pool).
+     * The state and counters now (relay counts ask the relay pool). Does
+     * not wait behind a `start()` or `stop()` in progress: during one it
+     * reports that state with zero counters.
      *
      * # Errors
      *
@@ -1034,7 +1036,9 @@ open func state() -> ProxyState  {
 }
     
     /**
-     * The state and counters now (relay counts ask the relay pool).
+     * The state and counters now (relay counts ask the relay pool). Does
+     * not wait behind a `start()` or `stop()` in progress: during one it
+     * reports that state with zero counters.
      *
      * # Errors
      *
@@ -3472,7 +3476,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_nws_checksum_method_nwsproxy_state() != 36065) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_nws_checksum_method_nwsproxy_status() != 13358) {
+    if (uniffi_nws_checksum_method_nwsproxy_status() != 21589) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_nws_checksum_method_nwsproxy_stop() != 5778) {

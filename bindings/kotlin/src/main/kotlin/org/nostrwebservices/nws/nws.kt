@@ -1038,7 +1038,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_nws_checksum_method_nwsproxy_state() and 0xFFFF) != 36065) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_nws_checksum_method_nwsproxy_status() and 0xFFFF) != 13358) {
+    if ((lib.uniffi_nws_checksum_method_nwsproxy_status() and 0xFFFF) != 21589) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_nws_checksum_method_nwsproxy_stop() and 0xFFFF) != 5778) {
@@ -1678,7 +1678,9 @@ public interface NwsProxyInterface {
     fun `state`(): ProxyState
     
     /**
-     * The state and counters now (relay counts ask the relay pool).
+     * The state and counters now (relay counts ask the relay pool). Does
+     * not wait behind a `start()` or `stop()` in progress: during one it
+     * reports that state with zero counters.
      *
      * # Errors
      *
@@ -2084,7 +2086,9 @@ open class NwsProxy: Disposable, AutoCloseable, NwsProxyInterface
 
     
     /**
-     * The state and counters now (relay counts ask the relay pool).
+     * The state and counters now (relay counts ask the relay pool). Does
+     * not wait behind a `start()` or `stop()` in progress: during one it
+     * reports that state with zero counters.
      *
      * # Errors
      *
