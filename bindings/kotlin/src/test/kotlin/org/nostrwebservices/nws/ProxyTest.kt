@@ -181,7 +181,14 @@ class ProxyTest {
             assertEquals(ProxyState.STOPPED, proxy.status().state)
             val info = proxy.start()
             okHttpViaHttpProxy(info, info.credentials).get("http://${net.httpDomain}/big")
-            val status = proxy.status()
+            // The byte counters are added after each write to the client: the client may hold
+            // the whole body a moment before they show it.
+            var status = proxy.status()
+            val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(5)
+            while (status.bytesReceived < TestNetwork.BIG.size.toULong() && System.nanoTime() < deadline) {
+                kotlinx.coroutines.delay(20)
+                status = proxy.status()
+            }
             assertEquals(ProxyState.RUNNING, status.state)
             assertTrue(status.relaysConnected >= 1u, "$status")
             assertTrue(status.streamsTotal >= 1uL, "$status")
