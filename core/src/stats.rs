@@ -32,8 +32,7 @@ pub struct Stats {
     /// Notified (one stored permit) whenever a stream opens or closes, so
     /// that a watcher can read `streams_open` and `streams_total` again.
     pub changed: tokio::sync::Notify,
-    /// Streams refused or not opened, by reason (the entry counts here; the
-    /// exit keeps its own, see `ExitNode::metrics`).
+    /// Streams refused or not opened, by reason.
     pub refusals: Refusals,
 }
 

@@ -24,7 +24,6 @@ use crate::driver::{flush, Conn, Inbox};
 use crate::engine::Stream;
 use crate::link::Link;
 use crate::protocol::{Cipher, ErrorReason, Message, MessageType};
-use crate::stats::Refusals;
 use crate::stats::{OpenSlot, Stats};
 use crate::sync::lock;
 use crate::transport::Transport;
@@ -50,8 +49,6 @@ pub(super) struct Server {
     journal: Journal,
     /// The instances sharing the exit key, and which streams are ours.
     membership: Arc<Mutex<Membership>>,
-    /// Refusals by reason.
-    pub(super) refusals: Arc<Refusals>,
 }
 
 impl Server {
@@ -77,7 +74,6 @@ impl Server {
             unknown_answered: Mutex::default(),
             journal,
             membership,
-            refusals: Arc::default(),
         }
     }
 
@@ -255,7 +251,7 @@ impl Server {
         let link = self.link(author, cipher.clone());
         if let Some(reason) = self.admission(&author) {
             log::warn!("stream {key} from {author}: refused ({reason})");
-            self.refusals.count(&reason);
+            self.stats.refusals.count(&reason);
             engine.backend_failed(reason);
             tokio::spawn(async move { flush(&mut engine, &link).await });
             return;
@@ -265,12 +261,11 @@ impl Server {
         let config = self.config.clone();
         let tls = self.tls.clone();
         let cancel = self.cancel.clone();
-        let refusals = self.refusals.clone();
         // The registration lives until the stream has ended and lingered.
         let conn = Conn::new(engine, link, Inbox::Messages(rx), Box::new(registration));
         tokio::spawn(async move {
             tokio::select! {
-                _ = serve_stream(conn, &config, tls.as_ref(), slot, &refusals) => {}
+                _ = serve_stream(conn, &config, tls.as_ref(), slot) => {}
                 _ = cancel.cancelled() => {}
             }
         });

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatch::Server;
 use super::heartbeat::Heartbeats;
 use super::instances::{check_instance_id, random_instance_id};
-use super::{announce, front, ExitConfig, ExitError, Refusals};
+use super::{announce, front, ExitConfig, ExitError};
 use crate::names::{encode_nostr_domain, NameError};
 use crate::stats::{NodeMetrics, Stats};
 use crate::sync::lock;
@@ -36,7 +36,6 @@ pub struct ExitNode {
     /// This instance's heartbeat and its task.
     heartbeats: Arc<Heartbeats>,
     heartbeat_task: tokio::task::JoinHandle<()>,
-    refusals: Arc<Refusals>,
 }
 
 impl ExitNode {
@@ -119,7 +118,6 @@ impl ExitNode {
             journal,
             heartbeats.membership.clone(),
         );
-        let refusals = server.refusals.clone();
         let task = tokio::spawn(server.run(inbox));
         log::info!(
             "exit {public_key} instance {instance} serving backend `{}`{}{}",
@@ -141,7 +139,6 @@ impl ExitNode {
             announcing,
             heartbeats,
             heartbeat_task,
-            refusals,
         })
     }
 
@@ -164,8 +161,6 @@ impl ExitNode {
             )
         };
         NodeMetrics {
-            // The exit counts refusals on its own, not in `stats`.
-            refusals: self.refusals.snapshot(),
             instances: Some((live as u64, active as u64)),
             ..NodeMetrics::new(&self.stats, events, relays)
         }

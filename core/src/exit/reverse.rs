@@ -38,7 +38,7 @@ impl Server {
                 "reverse stream {} from {author}: refused ({reason})",
                 msg.key
             );
-            self.refusals.count(&reason);
+            self.stats.refusals.count(&reason);
             if let Some(link) = answer {
                 tokio::spawn(async move { refuse_reverse(&link, &msg.key, reason).await });
             }
@@ -48,14 +48,14 @@ impl Server {
         let tls = self.tls.clone();
         let cancel = self.cancel.clone();
         let slot = OpenSlot::new(self.stats.clone());
-        let refusals = self.refusals.clone();
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             let key = msg.key.clone();
             tokio::select! {
                 r = serve_reverse(&config, tls.as_ref(), msg) => {
                     if let Err((reason, e)) = r {
                         log::info!("reverse stream {key}: {e}");
-                        refusals.count(&reason);
+                        stats.refusals.count(&reason);
                         if let Some(link) = answer {
                             refuse_reverse(&link, &key, reason).await;
                         }

@@ -147,14 +147,13 @@ pub(super) async fn serve_stream(
     config: &ExitConfig,
     tls: Option<&tokio_rustls::TlsAcceptor>,
     slot: OpenSlot,
-    refusals: &crate::stats::Refusals,
 ) {
     let key = conn.key().to_string();
     let destination = conn.engine.destination().to_string();
     let local = match open_target(config, tls, &destination, &key).await {
         Ok(s) => s,
         Err(reason) => {
-            refusals.count(&reason);
+            slot.0.refusals.count(&reason);
             conn.engine.backend_failed(reason);
             flush(&mut conn.engine, &conn.link).await;
             return;
